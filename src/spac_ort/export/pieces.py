@@ -1,0 +1,138 @@
+"""Write every piece of a bundle: trace each graph shape once, substitute weights for
+the other layers and experts, check each written file against its torch module."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+
+from .. import naming
+from ..errors import ParityError
+from ..manifest import ExpertTable, FileEntry, LayerKind, PieceIO
+from ..naming import PieceKind
+from ..runtime.sessions import Piece
+from . import onnx_io
+from .adapters.base import Adapter
+from .modules import Attention, Embed, Head, Router, SwiGLU
+
+Progress = Callable[[str, int, int], None]
+
+_T = {1: "T"}
+DYNAMIC_AXES: dict[PieceKind, dict[str, dict[int, str]]] = {
+    PieceKind.EMBED: {naming.INPUT_IDS: _T, naming.HIDDEN: _T},
+    PieceKind.ATTENTION: {naming.HIDDEN: _T, naming.POSITION_IDS: _T, naming.PAST_KEY: {2: "P"},
+                          naming.PAST_VALUE: {2: "P"}, naming.HIDDEN_OUT: _T, naming.NORMED: _T,
+                          naming.PRESENT_KEY: {2: "S"}, naming.PRESENT_VALUE: {2: "S"}},
+    PieceKind.ROUTER: {naming.NORMED: _T, naming.TOPK_WEIGHTS: _T, naming.TOPK_IDS: _T},
+    PieceKind.EXPERT: {naming.NORMED: _T, naming.FFN_OUT: _T},
+    PieceKind.SHARED_EXPERT: {naming.NORMED: _T, naming.FFN_OUT: _T},
+    PieceKind.DENSE_MLP: {naming.NORMED: _T, naming.FFN_OUT: _T},
+    PieceKind.HEAD: {naming.HIDDEN: _T, naming.LOGITS: _T},
+}
+RTOL = 1e-4   # max |onnx - torch| / max(1, max |torch|) per output
+
+
+@dataclass
+class PieceWriter:
+    root: Path
+    adapter: Adapter
+    progress: Optional[Progress] = None
+    seed: int = 0
+    files: dict[str, FileEntry] = field(default_factory=dict)
+    max_error: float = 0.0
+    _templates: dict[PieceKind, onnx_io.Template] = field(default_factory=dict)
+
+    # ---- generated inputs --------------------------------------------------------------
+    def _inputs(self, kind: PieceKind, t: int = 5, past: int = 3) -> tuple:
+        g = torch.Generator().manual_seed(self.seed)
+        d = self.adapter.spec.dims
+        if kind is PieceKind.EMBED:
+            return (torch.randint(0, d.vocab_size, (1, t), generator=g),)
+        if kind is PieceKind.ATTENTION:
+            kv = (1, d.num_kv_heads, past, d.head_dim)
+            return (torch.randn(1, t, d.hidden_size, generator=g),
+                    torch.arange(past, past + t).reshape(1, t),
+                    torch.randn(*kv, generator=g), torch.randn(*kv, generator=g))
+        return (torch.randn(1, t, d.hidden_size, generator=g),)
+
+    # ---- one piece -----------------------------------------------------------------------
+    def write(self, kind: PieceKind, module: torch.nn.Module, rel: str) -> None:
+        module.eval()
+        template = self._templates.get(kind)
+        if template is None:
+            template = self._templates[kind] = onnx_io.trace(module, self._inputs(kind, 3, 2), kind,
+                                                             DYNAMIC_AXES[kind])
+        written = onnx_io.write(template, onnx_io.module_weights(module, template.weight_names), self.root / rel, rel)
+        self.files[rel] = written.graph
+        self.files[naming.data_path(rel)] = written.data
+        self.check(kind, module, rel)
+
+    def check(self, kind: PieceKind, module: torch.nn.Module, rel: str) -> None:
+        args = self._inputs(kind)
+        with torch.no_grad():
+            ref = module(*args)
+        ref = ref if isinstance(ref, tuple) else (ref,)
+        got = Piece(self.root / rel)(*[a.numpy() for a in args])
+        for name, r, o in zip(naming.IO_NAMES[kind][1], ref, got):
+            r = r.numpy()
+            if r.dtype.kind in "iu":
+                if not np.array_equal(r, o):
+                    raise ParityError(f"{rel}: output {name} differs from the PyTorch reference; "
+                                      "report this model to the spac-ort maintainers")
+                continue
+            err = float(np.abs(r - o).max()) / max(1.0, float(np.abs(r).max()))
+            self.max_error = max(self.max_error, err)
+            if not err <= RTOL:
+                raise ParityError(f"{rel}: output {name} differs from the PyTorch reference by {err:.2e} "
+                                  f"(tolerance {RTOL:.0e}); report this model to the spac-ort maintainers")
+
+    # ---- the whole model ---------------------------------------------------------------
+    def write_all(self) -> tuple[dict[str, PieceIO], ExpertTable]:
+        a, spec = self.adapter, self.adapter.spec
+        d = spec.dims
+        eps = spec.attention.rms_eps
+        self.write(PieceKind.EMBED, Embed(a.embed()), naming.EMBED)
+        self.write(PieceKind.HEAD, Head(a.final_norm(), a.lm_head(), eps), naming.HEAD)
+        width = max(3, len(str(d.num_experts - 1)))
+        template = f"layers/{{layer:03d}}/experts/{{expert:0{width}d}}.onnx"
+        graph_sha: list[tuple[str, ...]] = []
+        data_sha: list[tuple[str, ...]] = []
+        sizes: set[tuple[int, int]] = set()
+        moe_layers = [i for i, k in enumerate(spec.layer_kinds) if k is LayerKind.MOE]
+        total, done = len(moe_layers) * d.num_experts, 0
+        for layer, kind in enumerate(spec.layer_kinds):
+            self.write(PieceKind.ATTENTION, Attention(a.attention(layer), d, spec.attention),
+                       naming.layer_piece(PieceKind.ATTENTION, layer))
+            if kind is LayerKind.DENSE:
+                self.write(PieceKind.DENSE_MLP, SwiGLU(a.dense_mlp(layer)),
+                           naming.layer_piece(PieceKind.DENSE_MLP, layer))
+                graph_sha.append(())
+                data_sha.append(())
+                continue
+            self.write(PieceKind.ROUTER, Router(a.router(layer), d.top_k, spec.routing),
+                       naming.layer_piece(PieceKind.ROUTER, layer))
+            if d.shared_expert_intermediate:
+                mlp, gate = a.shared_expert(layer)
+                self.write(PieceKind.SHARED_EXPERT, SwiGLU(mlp, gate),
+                           naming.layer_piece(PieceKind.SHARED_EXPERT, layer))
+            g_row, d_row = [], []
+            for e in range(d.num_experts):
+                rel = naming.expert_path(layer, e, template)
+                self.write(PieceKind.EXPERT, SwiGLU(a.expert(layer, e)), rel)
+                g, w = self.files.pop(rel), self.files.pop(naming.data_path(rel))
+                g_row.append(g.sha256)
+                d_row.append(w.sha256)
+                sizes.add((g.size, w.size))
+                done += 1
+                if self.progress:
+                    self.progress("experts", done, total)
+            graph_sha.append(tuple(g_row))
+            data_sha.append(tuple(d_row))
+        assert len(sizes) <= 1, f"expert files differ in size: {sizes}"
+        g_size, d_size = sizes.pop() if sizes else (0, 0)
+        io = {k.value: PieceIO(*naming.IO_NAMES[k]) for k in PieceKind}
+        return io, ExpertTable(template, g_size, d_size, tuple(graph_sha), tuple(data_sha))

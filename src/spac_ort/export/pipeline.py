@@ -1,0 +1,130 @@
+"""`export_bundle`: checkpoint directory -> verified bundle directory, atomically.
+
+    read config + weights -> adapter -> ModelSpec
+    temp dir next to the target:  pieces (each checked)  tokenizer  manifest
+                                  whole-model parity against transformers
+    rename temp dir -> target     (any failure or interrupt removes the temp dir)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+from .. import __version__, naming
+from ..errors import BundleError
+from ..manifest import DType, FileEntry, Manifest, sha256_file
+from .adapters import adapter_for
+from .checkpoint import WeightStore, read_config
+from .onnx_io import OPSET
+from .pieces import PieceWriter
+from .verify import check_model
+
+log = logging.getLogger(__name__)
+Progress = Callable[[str, int, int], None]
+PARTIAL = ".partial-"
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    model_dir: Path
+    out_dir: Path
+    force: bool = False
+    check_model: bool = True
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    bundle: Path
+    manifest: Manifest
+    seconds: float
+    piece_error: float    # worst relative error of a piece against its torch module
+    model_error: float    # relative error of the stitched model's logits against transformers
+
+
+def _check_target(out: Path, force: bool) -> None:
+    if not out.exists():
+        if not out.parent.is_dir():
+            raise BundleError(f"the parent directory of {out} does not exist; create it or choose another -o")
+        return
+    if not out.is_dir():
+        raise BundleError(f"{out} exists and is not a directory; choose another -o")
+    if not any(out.iterdir()):
+        return
+    if not (out / naming.MANIFEST).is_file():
+        raise BundleError(f"{out} exists and is not a spac-ort bundle; refusing to overwrite it, choose another -o")
+    if not force:
+        raise BundleError(f"bundle {out} already exists; pass --force to replace it")
+
+
+def _install(tmp: Path, out: Path) -> None:
+    """Move the finished temp dir into place; an existing bundle is replaced only after
+    the new one is complete."""
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{int(time.time() * 1e3)}")
+        out.rename(old)
+    tmp.rename(out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _eos_ids(model_dir: Path, config_eos: tuple[int, ...]) -> tuple[int, ...]:
+    ids = list(config_eos)
+    gen = model_dir / "generation_config.json"
+    if gen.is_file():
+        try:
+            eos = json.loads(gen.read_text(encoding="utf-8")).get("eos_token_id")
+        except json.JSONDecodeError:
+            eos = None
+        for e in (eos if isinstance(eos, list) else [eos] if eos is not None else []):
+            if e not in ids:
+                ids.append(int(e))
+    return tuple(ids)
+
+
+def export_bundle(opts: ExportOptions, progress: Optional[Progress] = None) -> ExportResult:
+    start = time.perf_counter()
+    model_dir, out = Path(opts.model_dir), Path(opts.out_dir).absolute()
+    cfg = read_config(model_dir)
+    adapter = adapter_for(cfg, WeightStore(model_dir))
+    spec = adapter.spec
+    _check_target(out, opts.force)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}{PARTIAL}", dir=out.parent))
+    try:
+        writer = PieceWriter(tmp, adapter, progress)
+        io, experts = writer.write_all()
+        tokenizer = None
+        if (model_dir / "tokenizer.json").is_file():
+            (tmp / naming.TOKENIZER_DIR).mkdir()
+            shutil.copyfile(model_dir / "tokenizer.json", tmp / naming.TOKENIZER_FILE)
+            tokenizer = naming.TOKENIZER_FILE
+            p = tmp / naming.TOKENIZER_FILE
+            writer.files[tokenizer] = FileEntry(p.stat().st_size, sha256_file(p))
+        else:
+            log.warning("%s has no tokenizer.json; the bundle will take token ids only", model_dir)
+        manifest = Manifest(
+            family=spec.family, source_model_type=spec.model_type, dims=spec.dims, routing=spec.routing,
+            layer_kinds=spec.layer_kinds, dtype=DType.FLOAT32, opset=OPSET, io=io, files=dict(writer.files),
+            experts=experts, bos_token_id=spec.bos_token_id, eos_token_ids=_eos_ids(model_dir, spec.eos_token_ids),
+            tokenizer=tokenizer, producer=f"spac-ort {__version__}",
+        )
+        (tmp / naming.MANIFEST).write_text(manifest.to_json(), encoding="utf-8")
+        model_error = 0.0
+        if opts.check_model:
+            if progress:
+                progress("model parity", 0, 1)
+            model_error = check_model(tmp, model_dir, adapter)
+            if progress:
+                progress("model parity", 1, 1)
+        _install(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return ExportResult(out, manifest, time.perf_counter() - start, writer.max_error, model_error)

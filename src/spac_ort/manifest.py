@@ -1,0 +1,298 @@
+"""The bundle manifest: the contract between ``spac-export`` and the runtime.
+
+Frozen dataclasses, serialised to ``spac-manifest.json``. `load_manifest` validates every
+field and raises `ManifestError` naming the field; `verify_files` checks sizes and
+sha256 of every file (experts included) against the manifest.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional
+
+from . import naming
+from .errors import BundleError, ChecksumError, ManifestError
+
+SCHEMA_VERSION = 1
+MANIFEST_KIND = "spac-ort-bundle"
+
+
+class Family(str, Enum):
+    QWEN3_MOE = "qwen3_moe"
+    QWEN2_MOE = "qwen2_moe"
+    MIXTRAL = "mixtral"
+    OLMOE = "olmoe"
+
+
+class DType(str, Enum):
+    FLOAT32 = "float32"
+
+
+class Scoring(str, Enum):
+    SOFTMAX = "softmax"
+
+
+class LayerKind(str, Enum):
+    MOE = "moe"
+    DENSE = "dense"
+
+
+@dataclass(frozen=True)
+class ModelDims:
+    num_layers: int
+    hidden_size: int
+    vocab_size: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    num_experts: int
+    top_k: int
+    expert_intermediate: int
+    shared_expert_intermediate: int   # 0: the family has no shared expert
+    max_positions: int
+
+
+@dataclass(frozen=True)
+class Routing:
+    scoring: Scoring
+    norm_topk_prob: bool
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class PieceIO:
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ExpertTable:
+    """All experts share one graph signature; paths come from one template.
+
+    ``graph_sha256[layer][expert]`` / ``data_sha256[layer][expert]``; dense layers hold
+    empty rows. Every expert graph has the same size, and so does its weight file.
+    """
+
+    template: str
+    graph_size: int
+    data_size: int
+    graph_sha256: tuple[tuple[str, ...], ...]
+    data_sha256: tuple[tuple[str, ...], ...]
+
+
+@dataclass(frozen=True)
+class Manifest:
+    family: Family
+    source_model_type: str
+    dims: ModelDims
+    routing: Routing
+    layer_kinds: tuple[LayerKind, ...]
+    dtype: DType
+    opset: int
+    io: dict[str, PieceIO]
+    files: dict[str, FileEntry]
+    experts: ExpertTable
+    bos_token_id: Optional[int]
+    eos_token_ids: tuple[int, ...]
+    tokenizer: Optional[str]
+    producer: str
+    schema_version: int = SCHEMA_VERSION
+    kind: str = MANIFEST_KIND
+    draft: Optional[dict[str, Any]] = field(default=None)
+
+    # ---- derived views -------------------------------------------------------------
+    def moe_layers(self) -> list[int]:
+        return [i for i, k in enumerate(self.layer_kinds) if k is LayerKind.MOE]
+
+    def expert_graph(self, layer: int, expert: int) -> str:
+        return naming.expert_path(layer, expert, self.experts.template)
+
+    def expert_bytes(self) -> int:
+        """Weight bytes of one expert."""
+        return self.experts.data_size
+
+    def iter_files(self) -> Iterator[tuple[str, FileEntry]]:
+        """Every file of the bundle with its expected size and sha256."""
+        yield from self.files.items()
+        ex = self.experts
+        for layer in self.moe_layers():
+            for e in range(self.dims.num_experts):
+                g = self.expert_graph(layer, e)
+                yield g, FileEntry(ex.graph_size, ex.graph_sha256[layer][e])
+                yield naming.data_path(g), FileEntry(ex.data_size, ex.data_sha256[layer][e])
+
+    def to_json(self) -> str:
+        return json.dumps(_plain(self), indent=1, sort_keys=False) + "\n"
+
+
+def _plain(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj):
+        return {f.name: _plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, Enum):
+        return obj.value
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+# ---- loading and validation ------------------------------------------------------------
+
+class _Reader:
+    """Typed field access that names the offending field in its errors."""
+
+    def __init__(self, data: Any, where: str, path: Path):
+        if not isinstance(data, dict):
+            raise ManifestError(f"{path}: field '{where}' must be an object; re-export the bundle")
+        self.data, self.where, self.path = data, where, path
+
+    def _fail(self, key: str, what: str) -> ManifestError:
+        name = f"{self.where}.{key}" if self.where else key
+        return ManifestError(f"{self.path}: field '{name}' {what}; re-export the bundle with spac-export")
+
+    def get(self, key: str, kind: type | tuple[type, ...], optional: bool = False) -> Any:
+        if key not in self.data:
+            if optional:
+                return None
+            raise self._fail(key, "is missing")
+        value = self.data[key]
+        if value is None and optional:
+            return None
+        if kind is int and isinstance(value, bool) or not isinstance(value, kind):
+            raise self._fail(key, f"has the wrong type ({type(value).__name__})")
+        return value
+
+    def enum(self, key: str, enum: type[Enum]) -> Any:
+        value = self.get(key, str)
+        try:
+            return enum(value)
+        except ValueError:
+            allowed = ", ".join(m.value for m in enum)  # type: ignore[attr-defined]
+            raise self._fail(key, f"is '{value}', not one of {allowed}") from None
+
+    def sub(self, key: str) -> "_Reader":
+        name = f"{self.where}.{key}" if self.where else key
+        return _Reader(self.get(key, dict), name, self.path)
+
+    def ints(self, cls: type, keys: list[str]) -> Any:
+        return cls(**{k: self.get(k, int) for k in keys})
+
+
+def _sha_table(r: _Reader, key: str) -> tuple[tuple[str, ...], ...]:
+    rows = r.get(key, list)
+    if not all(isinstance(row, list) and all(isinstance(s, str) for s in row) for row in rows):
+        raise r._fail(key, "must be a list of lists of sha256 strings")
+    return tuple(tuple(row) for row in rows)
+
+
+def parse_manifest(data: Any, path: Path) -> Manifest:
+    r = _Reader(data, "", path)
+    if r.get("kind", str) != MANIFEST_KIND:
+        raise r._fail("kind", f"is not '{MANIFEST_KIND}'")
+    version = r.get("schema_version", int)
+    if version != SCHEMA_VERSION:
+        raise ManifestError(
+            f"{path}: schema_version {version} is not supported by this spac-ort "
+            f"(reads version {SCHEMA_VERSION}); re-export the bundle with this spac-ort's spac-export")
+    dims = r.sub("dims").ints(ModelDims, [f.name for f in dataclasses.fields(ModelDims)])
+    rr = r.sub("routing")
+    routing = Routing(rr.enum("scoring", Scoring), rr.get("norm_topk_prob", bool))
+    kinds_raw = r.get("layer_kinds", list)
+    try:
+        kinds = tuple(LayerKind(k) for k in kinds_raw)
+    except ValueError:
+        raise r._fail("layer_kinds", "holds an unknown layer kind") from None
+    if len(kinds) != dims.num_layers:
+        raise r._fail("layer_kinds", f"has {len(kinds)} entries for {dims.num_layers} layers")
+    io_r = r.sub("io")
+    io = {}
+    for kind in io_r.data:
+        pr = io_r.sub(kind)
+        io[kind] = PieceIO(tuple(pr.get("inputs", list)), tuple(pr.get("outputs", list)))
+    files_r = r.sub("files")
+    files = {}
+    for name in files_r.data:
+        fr = files_r.sub(name)
+        files[name] = FileEntry(fr.get("size", int), fr.get("sha256", str))
+    er = r.sub("experts")
+    experts = ExpertTable(er.get("template", str), er.get("graph_size", int), er.get("data_size", int),
+                          _sha_table(er, "graph_sha256"), _sha_table(er, "data_sha256"))
+    if "{layer" not in experts.template or "{expert" not in experts.template:
+        raise er._fail("template", "must contain {layer} and {expert}")
+    for layer, kind in enumerate(kinds):
+        want = dims.num_experts if kind is LayerKind.MOE else 0
+        for key, table in (("graph_sha256", experts.graph_sha256), ("data_sha256", experts.data_sha256)):
+            if len(table) != dims.num_layers or len(table[layer]) != want:
+                raise er._fail(key, f"does not have {want} entries for layer {layer}")
+    eos = r.get("eos_token_ids", list)
+    if not all(isinstance(e, int) for e in eos):
+        raise r._fail("eos_token_ids", "must be a list of integers")
+    return Manifest(
+        family=r.enum("family", Family), source_model_type=r.get("source_model_type", str),
+        dims=dims, routing=routing, layer_kinds=kinds, dtype=r.enum("dtype", DType),
+        opset=r.get("opset", int), io=io, files=files, experts=experts,
+        bos_token_id=r.get("bos_token_id", int, optional=True), eos_token_ids=tuple(eos),
+        tokenizer=r.get("tokenizer", str, optional=True), producer=r.get("producer", str),
+        schema_version=version, draft=r.get("draft", dict, optional=True),
+    )
+
+
+def load_manifest(bundle: str | Path) -> Manifest:
+    bundle = Path(bundle)
+    if not bundle.exists():
+        raise BundleError(f"bundle directory {bundle} does not exist; create it with spac-export MODEL_DIR -o {bundle}")
+    if not bundle.is_dir():
+        raise BundleError(f"{bundle} is not a directory; pass the bundle directory written by spac-export")
+    path = bundle / naming.MANIFEST
+    if not path.is_file():
+        raise BundleError(f"{bundle} has no {naming.MANIFEST}, so it is not a spac-ort bundle; create one with spac-export")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ManifestError(f"{path} is not valid JSON ({exc}); re-export the bundle with spac-export") from None
+    return parse_manifest(data, path)
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def check_present(bundle: Path, manifest: Manifest) -> None:
+    """Cheap check (no hashing): every file exists with the recorded size."""
+    for rel, entry in manifest.iter_files():
+        p = bundle / rel
+        try:
+            size = p.stat().st_size
+        except FileNotFoundError:
+            raise BundleError(f"bundle file {rel} is missing from {bundle}; re-export the bundle with spac-export") from None
+        if size != entry.size:
+            raise ChecksumError(f"bundle file {rel} has {size} bytes, the manifest says {entry.size}; "
+                                "the file is truncated or replaced, re-export the bundle")
+
+
+def verify_files(bundle: Path, manifest: Manifest,
+                 progress: Optional[Callable[[int, int], None]] = None) -> None:
+    """Full check: sizes and sha256 of every file against the manifest."""
+    check_present(bundle, manifest)
+    entries = list(manifest.iter_files())
+    for i, (rel, entry) in enumerate(entries):
+        if sha256_file(bundle / rel) != entry.sha256:
+            raise ChecksumError(f"sha256 of bundle file {rel} differs from the manifest; "
+                                "the file is corrupt, re-export the bundle with spac-export")
+        if progress:
+            progress(i + 1, len(entries))

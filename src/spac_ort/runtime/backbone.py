@@ -1,0 +1,107 @@
+"""The target model's forward pass over T new tokens, stitched from bundle pieces.
+
+    ids [T] -> embed -> for each layer:
+                          attention (KV cache) -> hidden, normed
+                          MoE layer:  router -> group tokens by expert -> experts -> sum
+                                      (+ shared expert)
+                          dense layer: dense MLP
+                          hidden += ffn
+               -> head -> logits
+
+The same path serves prefill (T = prompt length), decoding (T = 1) and verification of
+a speculative window (T = K + 1).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from time import perf_counter
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+
+from .. import naming
+from ..manifest import LayerKind, Manifest
+from ..naming import PieceKind
+from .experts import ExpertBackend
+from .kv import KVCache
+from .routing import ExpertGroup, group_by_expert
+from .sessions import CPU, Piece
+from .stats import PieceTimers
+
+# Called once per MoE layer and pass with (layer, topk ids [T, A], topk weights [T, A]).
+RoutingObserver = Callable[[int, np.ndarray, np.ndarray], None]
+
+
+class Backbone:
+    def __init__(self, bundle: Path, manifest: Manifest, experts: ExpertBackend,
+                 providers: Sequence[str] = (CPU,)):
+        self.m = manifest
+        self.experts = experts
+        self.timers = PieceTimers()
+        self.observers: list[RoutingObserver] = []
+        self.embed = Piece(bundle / naming.EMBED, providers)
+        self.head = Piece(bundle / naming.HEAD, providers)
+        self.attention: list[Piece] = []
+        self.router: dict[int, Piece] = {}
+        self.shared: dict[int, Piece] = {}
+        self.dense: dict[int, Piece] = {}
+        for layer, kind in enumerate(manifest.layer_kinds):
+            self.attention.append(Piece(bundle / naming.layer_piece(PieceKind.ATTENTION, layer), providers))
+            if kind is LayerKind.MOE:
+                self.router[layer] = Piece(bundle / naming.layer_piece(PieceKind.ROUTER, layer), providers)
+                if manifest.dims.shared_expert_intermediate:
+                    self.shared[layer] = Piece(bundle / naming.layer_piece(PieceKind.SHARED_EXPERT, layer), providers)
+            else:
+                self.dense[layer] = Piece(bundle / naming.layer_piece(PieceKind.DENSE_MLP, layer), providers)
+
+    def new_cache(self) -> KVCache:
+        d = self.m.dims
+        return KVCache(d.num_layers, d.num_kv_heads, d.head_dim)
+
+    def forward(self, ids: Sequence[int], cache: KVCache, last_only: bool = True) -> np.ndarray:
+        """Run T new tokens; returns logits [T, V] (or [1, V] with ``last_only``)."""
+        add = self.timers.add
+        t = len(ids)
+        start = cache.length
+        input_ids = np.asarray(ids, dtype=np.int64).reshape(1, t)                # [1, T]
+        positions = np.arange(start, start + t, dtype=np.int64).reshape(1, t)   # [1, T]
+        t0 = perf_counter()
+        (hidden,) = self.embed(input_ids)                                        # [1, T, H]
+        t1 = perf_counter()
+        add("embed", t1 - t0)
+        for layer, kind in enumerate(self.m.layer_kinds):
+            hidden, normed, key, value = self.attention[layer](
+                hidden, positions, cache.keys[layer], cache.values[layer])
+            cache.update(layer, key, value)
+            t2 = perf_counter()
+            add("attention", t2 - t1)
+            if kind is LayerKind.MOE:
+                weights, topk = self.router[layer](normed)                       # [1, T, A] each
+                t3 = perf_counter()
+                add("router", t3 - t2)
+                weights, topk = weights[0], topk[0]                              # [T, A]
+                for observe in self.observers:
+                    observe(layer, topk, weights)
+                groups: list[ExpertGroup] = group_by_expert(topk, weights)
+                t4 = perf_counter()
+                ffn = self.experts.run_layer(layer, normed, groups)              # [1, T, H]
+                t1 = perf_counter()
+                add("experts", t1 - t4, len(groups))
+                if layer in self.shared:
+                    (shared,) = self.shared[layer](normed)
+                    ffn += shared
+                    t5 = perf_counter()
+                    add("shared_expert", t5 - t1)
+                    t1 = t5
+            else:
+                (ffn,) = self.dense[layer](normed)
+                t1 = perf_counter()
+                add("dense_mlp", t1 - t2)
+            hidden = hidden + ffn
+        if last_only:
+            hidden = np.ascontiguousarray(hidden[:, -1:])
+        t1 = perf_counter()
+        (logits,) = self.head(hidden)                                            # [1, T|1, V]
+        add("head", perf_counter() - t1)
+        return logits[0]

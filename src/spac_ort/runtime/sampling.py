@@ -1,0 +1,56 @@
+"""Token selection: greedy, or sampling with temperature, top-k and top-p. Pure functions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+from ..errors import ConfigError
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    temperature: float = 0.0     # 0: greedy
+    top_k: int = 0               # 0: no top-k filter
+    top_p: float = 1.0           # 1: no nucleus filter
+    seed: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        if not self.temperature >= 0:
+            raise ConfigError(f"temperature {self.temperature} is negative; use 0 for greedy or a value > 0")
+        if self.top_k < 0:
+            raise ConfigError(f"top-k {self.top_k} is negative; use 0 to disable it")
+        if not 0 < self.top_p <= 1:
+            raise ConfigError(f"top-p {self.top_p} is outside (0, 1]; use 1 to disable it")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+def probabilities(logits: np.ndarray, cfg: SamplingConfig) -> np.ndarray:
+    """[V] logits -> [V] the distribution sampled from (after temperature, top-k, top-p)."""
+    z = logits.astype(np.float64) / cfg.temperature
+    if 0 < cfg.top_k < z.size:
+        kth = np.partition(z, -cfg.top_k)[-cfg.top_k]
+        z = np.where(z < kth, -np.inf, z)
+    p = np.exp(z - z.max())
+    p /= p.sum()
+    if cfg.top_p < 1.0:
+        order = np.argsort(-p, kind="stable")
+        cum = np.cumsum(p[order])
+        keep = cum - p[order] < cfg.top_p          # smallest prefix whose mass reaches top_p
+        mask = np.zeros_like(p, dtype=bool)
+        mask[order[keep]] = True
+        p = np.where(mask, p, 0.0)
+        p /= p.sum()
+    return p
+
+
+def select(logits: np.ndarray, cfg: SamplingConfig, rng: np.random.Generator) -> int:
+    if cfg.greedy:
+        return int(np.argmax(logits))
+    p = probabilities(logits, cfg)
+    return int(rng.choice(p.size, p=p))

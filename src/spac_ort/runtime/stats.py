@@ -1,0 +1,85 @@
+"""Counters for one generation and the `RunReport` rendered at its end.
+
+Timers accumulate per piece kind; the hot loop only adds floats (no logging per token).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from time import perf_counter
+from typing import Any
+
+
+class PieceTimers:
+    """Seconds and ORT calls per piece kind (embed, attention, router, experts, ...)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self.calls: dict[str, int] = {}
+
+    def add(self, kind: str, seconds: float, calls: int = 1) -> None:
+        self.seconds[kind] = self.seconds.get(kind, 0.0) + seconds
+        self.calls[kind] = self.calls.get(kind, 0) + calls
+
+    def reset(self) -> None:
+        self.seconds.clear()
+        self.calls.clear()
+
+
+@dataclass
+class RunReport:
+    prompt_tokens: int = 0
+    new_tokens: int = 0
+    prefill_seconds: float = 0.0
+    decode_seconds: float = 0.0
+    stop_reason: str = ""
+    piece_seconds: dict[str, float] = field(default_factory=dict)
+    piece_calls: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def total_seconds(self) -> float:
+        return self.prefill_seconds + self.decode_seconds
+
+    @property
+    def tokens_per_second(self) -> float:
+        """Decode throughput: new tokens after the first, over decode time."""
+        n = self.new_tokens - 1
+        return n / self.decode_seconds if n > 0 and self.decode_seconds > 0 else 0.0
+
+    @property
+    def ort_seconds(self) -> float:
+        return sum(self.piece_seconds.values())
+
+    @property
+    def orchestration_seconds(self) -> float:
+        """Time outside ORT calls: Python, numpy glue, sampling."""
+        return max(0.0, self.total_seconds - self.ort_seconds)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.update(total_seconds=self.total_seconds, tokens_per_second=self.tokens_per_second,
+                 ort_seconds=self.ort_seconds, orchestration_seconds=self.orchestration_seconds)
+        return d
+
+    def render(self) -> str:
+        lines = [
+            f"prompt tokens {self.prompt_tokens}, new tokens {self.new_tokens} ({self.stop_reason})",
+            f"prefill {self.prefill_seconds * 1e3:.1f} ms, decode {self.tokens_per_second:.1f} tokens/s",
+        ]
+        total = self.total_seconds or 1.0
+        parts = sorted(self.piece_seconds.items(), key=lambda kv: -kv[1])
+        split = ", ".join(f"{k} {v / total:.0%} ({self.piece_calls.get(k, 0)} calls)" for k, v in parts)
+        lines.append(f"time: {split}, other {self.orchestration_seconds / total:.0%}")
+        return "\n".join(lines)
+
+
+class Stopwatch:
+    __slots__ = ("start",)
+
+    def __init__(self) -> None:
+        self.start = perf_counter()
+
+    def lap(self) -> float:
+        now = perf_counter()
+        dt, self.start = now - self.start, now
+        return dt
