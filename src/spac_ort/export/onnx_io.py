@@ -3,6 +3,7 @@ template by substituting weights, each graph with its weights as external data."
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import io
 import warnings
@@ -40,6 +41,13 @@ class Written:
 def trace(module: torch.nn.Module, args: tuple, kind: naming.PieceKind,
           dynamic_axes: dict[str, dict[int, str]]) -> Template:
     inputs, outputs = naming.IO_NAMES[kind]
+    # Trace a copy with distinct random weights: exporters merge initializers of equal
+    # value (norm weights of ones), which would break substitution by name.
+    module = copy.deepcopy(module)
+    gen = torch.Generator().manual_seed(1234)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen))
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -31,6 +31,9 @@ def reference_model(model_dir: Path, adapter: Adapter) -> torch.nn.Module:
     experts written by newer transformers) the weights come through the adapter.
     """
     from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
 
     d = adapter.spec.dims
     config = AutoConfig.from_pretrained(model_dir)

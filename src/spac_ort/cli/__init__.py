@@ -1,0 +1,1 @@
+"""Thin click commands: parse, build a config, call the library, render."""

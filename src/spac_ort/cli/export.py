@@ -1,0 +1,80 @@
+"""``spac-export [MODEL_DIR] -o BUNDLE_DIR`` and ``spac-export inspect BUNDLE_DIR``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import click
+
+from .common import Progress, setup_logging, user_errors
+
+
+class _DefaultToExport(click.Group):
+    """``spac-export ARGS`` means ``spac-export export ARGS`` unless ARGS names a subcommand."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if not args or args[0] not in self.commands:
+            args = ["export", *args]
+        return super().parse_args(ctx, args)
+
+
+@click.group(cls=_DefaultToExport, context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """Turn a Hugging Face MoE checkpoint into a spac-ort bundle (see `spac-export export --help`)."""
+
+
+@main.command("export")
+@click.argument("model_dir", required=False, type=click.Path(path_type=Path))
+@click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path),
+              help="Bundle directory to create.")
+@click.option("--force", is_flag=True, help="Replace an existing bundle.")
+@click.option("--skip-model-check", is_flag=True,
+              help="Skip the whole-model parity check against transformers (pieces are still checked).")
+@click.option("-v", "--verbose", count=True)
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars or summary.")
+def export_cmd(model_dir: Optional[Path], out: Path, force: bool, skip_model_check: bool,
+               verbose: int, quiet: bool) -> None:
+    """Export MODEL_DIR (default: the embedded demo model) into the bundle -o BUNDLE_DIR.
+
+    Supported: qwen3_moe, qwen2_moe, mixtral, olmoe. Also: `spac-export inspect BUNDLE_DIR`.
+    """
+    setup_logging(verbose, quiet)
+    with user_errors():
+        try:
+            from ..export import ExportOptions, export_bundle
+        except ImportError as exc:
+            from ..errors import MissingDependencyError
+            raise MissingDependencyError(
+                f"spac-export needs the export extra ({exc.name} is missing); "
+                "install it with: pip install 'spac-ort[export]'") from None
+        from ..models import DEMO_TARGET
+
+        progress = Progress(enabled=not quiet)
+        try:
+            result = export_bundle(ExportOptions(model_dir or DEMO_TARGET, out, force=force,
+                                                 check_model=not skip_model_check), progress)
+        finally:
+            progress.close()
+        if not quiet:
+            m = result.manifest
+            click.echo(f"wrote {result.bundle} ({m.family.value}, {len(m.moe_layers())} MoE layers x "
+                       f"{m.dims.num_experts} experts) in {result.seconds:.1f} s; max relative error: "
+                       f"pieces {result.piece_error:.1e}, model {result.model_error:.1e}", err=True)
+
+
+@main.command("inspect")
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--verify", is_flag=True, help="Also check every file's sha256.")
+def inspect_cmd(bundle: Path, verify: bool) -> None:
+    """Print a readable summary of BUNDLE."""
+    with user_errors():
+        from ..summary import summarize
+        from ..manifest import load_manifest, verify_files
+
+        manifest = load_manifest(bundle)
+        if verify:
+            verify_files(bundle, manifest)
+        click.echo(summarize(bundle, manifest))
+        if verify:
+            click.echo("all files match their sha256")

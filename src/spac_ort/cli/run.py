@@ -1,0 +1,74 @@
+"""``spac-run BUNDLE_DIR --prompt TEXT``: generate text from a bundle."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import click
+
+from .common import Progress, setup_logging, user_errors
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("-p", "--prompt", help="Prompt text.")
+@click.option("--prompt-file", type=click.Path(path_type=Path), help="Read the prompt from this file.")
+@click.option("-n", "--max-new-tokens", default=128, show_default=True, type=int)
+@click.option("--temperature", default=0.0, show_default=True, type=float, help="0 = greedy; > 0 samples.")
+@click.option("--top-k", default=0, show_default=True, type=int, help="Sample from the k most likely tokens (0 = off).")
+@click.option("--top-p", default=1.0, show_default=True, type=float, help="Nucleus sampling mass (1 = off).")
+@click.option("--seed", type=int, default=None, help="Random seed for sampling.")
+@click.option("--verify", is_flag=True, help="Check every bundle file's sha256 before loading.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print one JSON object (prompt/generated token ids, text, report) instead of streaming.")
+@click.option("-v", "--verbose", count=True)
+@click.option("-q", "--quiet", is_flag=True, help="No report on stderr.")
+def main(bundle: Path, prompt: Optional[str], prompt_file: Optional[Path], max_new_tokens: int,
+         temperature: float, top_k: int, top_p: float, seed: Optional[int], verify: bool, as_json: bool,
+         verbose: int, quiet: bool) -> None:
+    """Generate text from BUNDLE (written by spac-export). Text streams to stdout, the
+    report goes to stderr."""
+    setup_logging(verbose, quiet)
+    with user_errors():
+        from ..errors import ConfigError, PromptError
+        from ..runtime import Generator, SamplingConfig
+        from ..runtime.tokenizer import StreamDecoder
+
+        if prompt is not None and prompt_file is not None:
+            raise ConfigError("pass either --prompt or --prompt-file, not both")
+        if prompt_file is not None:
+            try:
+                prompt = prompt_file.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                raise PromptError(f"cannot read prompt file {prompt_file} ({exc.__class__.__name__}); "
+                                  "pass a readable UTF-8 text file") from None
+        if prompt is None:
+            raise PromptError("no prompt given; pass --prompt TEXT or --prompt-file FILE")
+        sampling = SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+        progress = Progress(enabled=not quiet and not as_json)
+        try:
+            gen = Generator.from_bundle(bundle, verify=verify, progress=progress)
+        finally:
+            progress.close()
+        ids = gen.encode(prompt)
+        tokens = gen.generate(ids, max_new_tokens=max_new_tokens, sampling=sampling)
+        out: list[int] = []
+        if as_json:
+            out = list(tokens)
+            click.echo(json.dumps({"prompt_token_ids": ids, "generated_token_ids": out,
+                                   "text": gen.tokenizer.decode(out) if gen.tokenizer else None,
+                                   "report": gen.report.to_dict()}))
+            return
+        stream = StreamDecoder(gen.tokenizer) if gen.tokenizer else None
+        for token in tokens:
+            out.append(token)
+            piece = stream.push(token) if stream else f"{token} "
+            if piece:
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+        sys.stdout.write("\n")
+        if not quiet:
+            click.echo(gen.report.render(), err=True)

@@ -1,0 +1,42 @@
+"""A readable summary of a bundle (``spac-export inspect``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .manifest import Manifest
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+def summarize(bundle: Path, m: Manifest) -> str:
+    d = m.dims
+    moe = m.moe_layers()
+    n_experts = len(moe) * d.num_experts
+    expert_bytes = n_experts * m.experts.data_size
+    other = sum(f.size for f in m.files.values())
+    lines = [
+        f"bundle      {bundle}",
+        f"model       {m.family.value} (from {m.source_model_type}), {m.dtype.value}, opset {m.opset}, {m.producer}",
+        f"layers      {d.num_layers} ({len(moe)} MoE, {d.num_layers - len(moe)} dense)",
+        f"attention   hidden {d.hidden_size}, {d.num_heads} query / {d.num_kv_heads} KV heads x {d.head_dim}, "
+        f"max positions {d.max_positions}",
+        f"experts     {d.num_experts} per layer, top-{d.top_k}, intermediate {d.expert_intermediate}, "
+        f"routing {m.routing.scoring.value}{' + renormalised top-k' if m.routing.norm_topk_prob else ''}",
+    ]
+    if d.shared_expert_intermediate:
+        lines.append(f"shared      one gated shared expert per MoE layer, intermediate {d.shared_expert_intermediate}")
+    lines += [
+        f"expert size {_size(m.experts.data_size)} each, {n_experts} in all = {_size(expert_bytes)}",
+        f"other files {_size(other)} (embed, attention, routers, head, tokenizer)",
+        f"vocab       {d.vocab_size}, eos {list(m.eos_token_ids)}, tokenizer {m.tokenizer or 'none'}",
+        f"draft       {m.draft['path'] if m.draft else 'none'}",
+        f"expert path {m.experts.template}",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,62 @@
+"""Greedy fp32 generation is token-identical to transformers on the trained models."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from spac_ort.models import DEMO_TARGET
+from spac_ort.runtime import Generator
+from tests.conftest import load_prompts
+from tests.tiny import hf_generate
+
+NEW_TOKENS = 64
+
+
+def _hf(model_dir):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+
+
+def _spread(prompts: list[dict], per_domain: int) -> list[dict]:
+    picked: dict[str, list[dict]] = {}
+    for p in prompts:
+        picked.setdefault(p["domain"], [])
+        if len(picked[p["domain"]]) < per_domain:
+            picked[p["domain"]].append(p)
+    return [p for group in picked.values() for p in group]
+
+
+def test_tokenizer_matches_transformers(demo_bundle):
+    from transformers import AutoTokenizer
+
+    hf = AutoTokenizer.from_pretrained(DEMO_TARGET)
+    gen = Generator.from_bundle(demo_bundle)
+    for p in load_prompts()[::7]:
+        assert gen.encode(p["prompt"]) == hf(p["prompt"])["input_ids"]
+
+
+def test_demo_all_prompts_token_identical(demo_bundle):
+    prompts = load_prompts()
+    assert len(prompts) == 160
+    gen = Generator.from_bundle(demo_bundle)
+    model = _hf(DEMO_TARGET)
+    mismatches = []
+    for p in prompts:
+        ids = gen.encode(p["prompt"])
+        ours = list(gen.generate(ids, max_new_tokens=NEW_TOKENS))
+        if ours != hf_generate(model, ids, NEW_TOKENS):
+            mismatches.append(p["id"])
+    assert not mismatches, f"{len(mismatches)} of 160 prompts diverged: {mismatches[:5]}"
+
+
+@pytest.mark.refmodel
+def test_refmodel_prompts_token_identical(ref_bundle, refmodel):
+    prompts = _spread(load_prompts(), per_domain=2)
+    assert len({p["domain"] for p in prompts}) == 8 and len(prompts) == 16
+    gen = Generator.from_bundle(ref_bundle)
+    model = _hf(refmodel / "target")
+    for p in prompts:
+        ids = gen.encode(p["prompt"])
+        assert list(gen.generate(ids, max_new_tokens=NEW_TOKENS)) == hf_generate(model, ids, NEW_TOKENS), p["id"]
