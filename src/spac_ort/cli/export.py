@@ -78,3 +78,7 @@ def inspect_cmd(bundle: Path, verify: bool) -> None:
         click.echo(summarize(bundle, manifest))
         if verify:
             click.echo("all files match their sha256")
+
+
+if __name__ == "__main__":
+    main()
