@@ -91,6 +91,19 @@ class ExpertTable:
 
 
 @dataclass(frozen=True)
+class DraftSpec:
+    """The dense draft model: one decoder graph with KV cache (optimum's IO convention)."""
+
+    graph: str             # bundle-relative path of the graph
+    num_layers: int
+    num_kv_heads: int
+    head_dim: int
+    vocab_size: int
+    max_positions: int
+    model_type: str
+
+
+@dataclass(frozen=True)
 class Manifest:
     family: Family
     source_model_type: str
@@ -108,7 +121,7 @@ class Manifest:
     producer: str
     schema_version: int = SCHEMA_VERSION
     kind: str = MANIFEST_KIND
-    draft: Optional[dict[str, Any]] = field(default=None)
+    draft: Optional[DraftSpec] = field(default=None)
 
     # ---- derived views -------------------------------------------------------------
     def moe_layers(self) -> list[int]:
@@ -244,8 +257,20 @@ def parse_manifest(data: Any, path: Path) -> Manifest:
         opset=r.get("opset", int), io=io, files=files, experts=experts,
         bos_token_id=r.get("bos_token_id", int, optional=True), eos_token_ids=tuple(eos),
         tokenizer=r.get("tokenizer", str, optional=True), producer=r.get("producer", str),
-        schema_version=version, draft=r.get("draft", dict, optional=True),
+        schema_version=version, draft=_draft(r),
     )
+
+
+def _draft(r: _Reader) -> Optional[DraftSpec]:
+    if r.get("draft", dict, optional=True) is None:
+        return None
+    dr = r.sub("draft")
+    spec = DraftSpec(graph=dr.get("graph", str), model_type=dr.get("model_type", str),
+                     **{k: dr.get(k, int) for k in ("num_layers", "num_kv_heads", "head_dim", "vocab_size",
+                                                     "max_positions")})
+    if spec.graph not in r.get("files", dict):
+        raise dr._fail("graph", "names a file that is not listed in 'files'")
+    return spec
 
 
 def load_manifest(bundle: str | Path) -> Manifest:

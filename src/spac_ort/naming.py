@@ -78,3 +78,18 @@ IO_NAMES: dict[PieceKind, tuple[tuple[str, ...], tuple[str, ...]]] = {
     PieceKind.DENSE_MLP: ((NORMED,), (FFN_OUT,)),
     PieceKind.HEAD: ((HIDDEN,), (LOGITS,)),
 }
+
+
+# The draft model: optimum's "text-generation-with-past" convention.
+DRAFT_DIR = "draft"
+DRAFT_GRAPH = "draft/model.onnx"
+DRAFT_ATTENTION_MASK = "attention_mask"      # [1, P+T] int64
+
+
+def draft_past(layer: int, which: str) -> str:
+    """Draft KV input name; ``which`` is "key" or "value"."""
+    return f"past_key_values.{layer}.{which}"
+
+
+def draft_present(layer: int, which: str) -> str:
+    return f"present.{layer}.{which}"

@@ -36,7 +36,8 @@ def summarize(bundle: Path, m: Manifest) -> str:
         f"expert size {_size(m.experts.data_size)} each, {n_experts} in all = {_size(expert_bytes)}",
         f"other files {_size(other)} (embed, attention, routers, head, tokenizer)",
         f"vocab       {d.vocab_size}, eos {list(m.eos_token_ids)}, tokenizer {m.tokenizer or 'none'}",
-        f"draft       {m.draft['path'] if m.draft else 'none'}",
+        (f"draft       {m.draft.graph} ({m.draft.model_type}, {m.draft.num_layers} layer{'s' if m.draft.num_layers != 1 else ''}, "
+         f"{_size(sum(f.size for n, f in m.files.items() if n.startswith('draft/')))})" if m.draft else "draft       none"),
         f"expert path {m.experts.template}",
     ]
     return "\n".join(lines)

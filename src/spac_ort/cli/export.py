@@ -28,12 +28,14 @@ def main() -> None:
 @click.argument("model_dir", required=False, type=click.Path(path_type=Path))
 @click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path),
               help="Bundle directory to create.")
+@click.option("--draft", "draft_dir", type=click.Path(path_type=Path),
+              help="Dense draft checkpoint for speculative decoding (default with no MODEL_DIR: the demo draft).")
 @click.option("--force", is_flag=True, help="Replace an existing bundle.")
 @click.option("--skip-model-check", is_flag=True,
               help="Skip the whole-model parity check against transformers (pieces are still checked).")
 @click.option("-v", "--verbose", count=True)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars or summary.")
-def export_cmd(model_dir: Optional[Path], out: Path, force: bool, skip_model_check: bool,
+def export_cmd(model_dir: Optional[Path], out: Path, draft_dir: Optional[Path], force: bool, skip_model_check: bool,
                verbose: int, quiet: bool) -> None:
     """Export MODEL_DIR (default: the embedded demo model) into the bundle -o BUNDLE_DIR.
 
@@ -48,18 +50,22 @@ def export_cmd(model_dir: Optional[Path], out: Path, force: bool, skip_model_che
             raise MissingDependencyError(
                 f"spac-export needs the export extra ({exc.name} is missing); "
                 "install it with: pip install 'spac-ort[export]'") from None
-        from ..models import DEMO_TARGET
+        from ..models import DEMO_DRAFT, DEMO_TARGET
+
+        if model_dir is None:
+            model_dir, draft_dir = DEMO_TARGET, draft_dir or DEMO_DRAFT
 
         progress = Progress(enabled=not quiet)
         try:
-            result = export_bundle(ExportOptions(model_dir or DEMO_TARGET, out, force=force,
-                                                 check_model=not skip_model_check), progress)
+            result = export_bundle(ExportOptions(model_dir, out, force=force, check_model=not skip_model_check,
+                                                 draft_dir=draft_dir), progress)
         finally:
             progress.close()
         if not quiet:
             m = result.manifest
+            draft = f", draft {m.draft.model_type}" if m.draft else ", no draft"
             click.echo(f"wrote {result.bundle} ({m.family.value}, {len(m.moe_layers())} MoE layers x "
-                       f"{m.dims.num_experts} experts) in {result.seconds:.1f} s; max relative error: "
+                       f"{m.dims.num_experts} experts{draft}) in {result.seconds:.1f} s; max relative error: "
                        f"pieces {result.piece_error:.1e}, model {result.model_error:.1e}", err=True)
 
 

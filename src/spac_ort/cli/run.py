@@ -21,13 +21,21 @@ from .common import Progress, setup_logging, user_errors
 @click.option("--top-k", default=0, show_default=True, type=int, help="Sample from the k most likely tokens (0 = off).")
 @click.option("--top-p", default=1.0, show_default=True, type=float, help="Nucleus sampling mass (1 = off).")
 @click.option("--seed", type=int, default=None, help="Random seed for sampling.")
+@click.option("-k", "--draft-tokens", default=4, show_default=True, type=int,
+              help="Draft tokens proposed per speculative step.")
+@click.option("--no-speculative", is_flag=True, help="Decode one token per target pass (ignore the draft).")
+@click.option("--draft", "draft_dir", type=click.Path(path_type=Path),
+              help="Use this optimum ONNX export directory as the draft instead of the bundle's.")
+@click.option("--trace", type=click.Path(path_type=Path),
+              help="Write a JSONL trace: per target pass, proposed/accepted tokens and per-layer expert counts.")
 @click.option("--verify", is_flag=True, help="Check every bundle file's sha256 before loading.")
 @click.option("--json", "as_json", is_flag=True,
               help="Print one JSON object (prompt/generated token ids, text, report) instead of streaming.")
 @click.option("-v", "--verbose", count=True)
 @click.option("-q", "--quiet", is_flag=True, help="No report on stderr.")
 def main(bundle: Path, prompt: Optional[str], prompt_file: Optional[Path], max_new_tokens: int,
-         temperature: float, top_k: int, top_p: float, seed: Optional[int], verify: bool, as_json: bool,
+         temperature: float, top_k: int, top_p: float, seed: Optional[int], draft_tokens: int,
+         no_speculative: bool, draft_dir: Optional[Path], trace: Optional[Path], verify: bool, as_json: bool,
          verbose: int, quiet: bool) -> None:
     """Generate text from BUNDLE (written by spac-export). Text streams to stdout, the
     report goes to stderr."""
@@ -35,7 +43,6 @@ def main(bundle: Path, prompt: Optional[str], prompt_file: Optional[Path], max_n
     with user_errors():
         from ..errors import ConfigError, PromptError
         from ..runtime import Generator, SamplingConfig
-        from ..runtime.tokenizer import StreamDecoder
 
         if prompt is not None and prompt_file is not None:
             raise ConfigError("pass either --prompt or --prompt-file, not both")
@@ -50,25 +57,45 @@ def main(bundle: Path, prompt: Optional[str], prompt_file: Optional[Path], max_n
         sampling = SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
         progress = Progress(enabled=not quiet and not as_json)
         try:
-            gen = Generator.from_bundle(bundle, verify=verify, progress=progress)
+            gen = Generator.from_bundle(bundle, verify=verify, draft=draft_dir, progress=progress)
         finally:
             progress.close()
         ids = gen.encode(prompt)
-        tokens = gen.generate(ids, max_new_tokens=max_new_tokens, sampling=sampling)
-        out: list[int] = []
-        if as_json:
-            out = list(tokens)
-            click.echo(json.dumps({"prompt_token_ids": ids, "generated_token_ids": out,
-                                   "text": gen.tokenizer.decode(out) if gen.tokenizer else None,
-                                   "report": gen.report.to_dict()}))
-            return
-        stream = StreamDecoder(gen.tokenizer) if gen.tokenizer else None
-        for token in tokens:
-            out.append(token)
-            piece = stream.push(token) if stream else f"{token} "
-            if piece:
-                sys.stdout.write(piece)
-                sys.stdout.flush()
-        sys.stdout.write("\n")
-        if not quiet:
-            click.echo(gen.report.render(), err=True)
+        tokens = gen.generate(ids, max_new_tokens=max_new_tokens, sampling=sampling, draft_tokens=draft_tokens,
+                              speculative=False if no_speculative else None)
+        if trace is not None:
+            from ..runtime.sensor import TraceWriter
+
+            try:
+                writer = TraceWriter(trace)
+            except OSError as exc:
+                raise ConfigError(f"cannot write trace file {trace} ({exc.strerror}); choose another --trace path") from None
+            gen.step_observers.append(writer)
+        try:
+            _emit(gen, ids, tokens, as_json, quiet)
+        finally:
+            if trace is not None:
+                writer.close()
+
+
+def _emit(gen, ids, tokens, as_json: bool, quiet: bool) -> None:
+    """Stream text to stdout and the report to stderr, or print one JSON object."""
+    from ..runtime.tokenizer import StreamDecoder
+
+    out: list[int] = []
+    if as_json:
+        out = list(tokens)
+        click.echo(json.dumps({"prompt_token_ids": ids, "generated_token_ids": out,
+                               "text": gen.tokenizer.decode(out) if gen.tokenizer else None,
+                               "report": gen.report.to_dict()}))
+        return
+    stream = StreamDecoder(gen.tokenizer) if gen.tokenizer else None
+    for token in tokens:
+        out.append(token)
+        piece = stream.push(token) if stream else f"{token} "
+        if piece:
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+    sys.stdout.write("\n")
+    if not quiet:
+        click.echo(gen.report.render(), err=True)

@@ -41,6 +41,7 @@ class PieceWriter:
     root: Path
     adapter: Adapter
     progress: Optional[Progress] = None
+    check_interrupt: Callable[[], None] = lambda: None
     seed: int = 0
     files: dict[str, FileEntry] = field(default_factory=dict)
     max_error: float = 0.0
@@ -61,6 +62,7 @@ class PieceWriter:
 
     # ---- one piece -----------------------------------------------------------------------
     def write(self, kind: PieceKind, module: torch.nn.Module, rel: str) -> None:
+        self.check_interrupt()
         module.eval()
         template = self._templates.get(kind)
         if template is None:

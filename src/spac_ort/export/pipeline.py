@@ -22,6 +22,8 @@ from ..errors import BundleError
 from ..manifest import DType, FileEntry, Manifest, sha256_file
 from .adapters import adapter_for
 from .checkpoint import WeightStore, read_config
+from .draft import export_draft
+from .interrupt import DeferredInterrupt
 from .onnx_io import OPSET
 from .pieces import PieceWriter
 from .verify import check_model
@@ -37,6 +39,7 @@ class ExportOptions:
     out_dir: Path
     force: bool = False
     check_model: bool = True
+    draft_dir: Optional[Path] = None
 
 
 @dataclass(frozen=True)
@@ -94,11 +97,19 @@ def export_bundle(opts: ExportOptions, progress: Optional[Progress] = None) -> E
     model_dir, out = Path(opts.model_dir), Path(opts.out_dir).absolute()
     cfg = read_config(model_dir)
     adapter = adapter_for(cfg, WeightStore(model_dir))
-    spec = adapter.spec
+    if opts.draft_dir is not None:
+        read_config(Path(opts.draft_dir))          # fail early on a missing draft directory
     _check_target(out, opts.force)
+    with DeferredInterrupt() as interrupt:
+        return _export(opts, adapter, model_dir, out, progress, interrupt, start)
+
+
+def _export(opts: ExportOptions, adapter, model_dir: Path, out: Path, progress: Optional[Progress],
+            interrupt: DeferredInterrupt, start: float) -> ExportResult:
+    spec = adapter.spec
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}{PARTIAL}", dir=out.parent))
     try:
-        writer = PieceWriter(tmp, adapter, progress)
+        writer = PieceWriter(tmp, adapter, progress, interrupt.check)
         io, experts = writer.write_all()
         tokenizer = None
         if (model_dir / "tokenizer.json").is_file():
@@ -109,20 +120,31 @@ def export_bundle(opts: ExportOptions, progress: Optional[Progress] = None) -> E
             writer.files[tokenizer] = FileEntry(p.stat().st_size, sha256_file(p))
         else:
             log.warning("%s has no tokenizer.json; the bundle will take token ids only", model_dir)
+        draft = None
+        if opts.draft_dir is not None:
+            if progress:
+                progress("draft", 0, 1)
+            interrupt.check()
+            draft, draft_files = export_draft(Path(opts.draft_dir), tmp, model_dir, spec.dims.vocab_size)
+            writer.files.update(draft_files)
+            if progress:
+                progress("draft", 1, 1)
         manifest = Manifest(
             family=spec.family, source_model_type=spec.model_type, dims=spec.dims, routing=spec.routing,
             layer_kinds=spec.layer_kinds, dtype=DType.FLOAT32, opset=OPSET, io=io, files=dict(writer.files),
             experts=experts, bos_token_id=spec.bos_token_id, eos_token_ids=_eos_ids(model_dir, spec.eos_token_ids),
-            tokenizer=tokenizer, producer=f"spac-ort {__version__}",
+            tokenizer=tokenizer, producer=f"spac-ort {__version__}", draft=draft,
         )
         (tmp / naming.MANIFEST).write_text(manifest.to_json(), encoding="utf-8")
         model_error = 0.0
+        interrupt.check()
         if opts.check_model:
             if progress:
                 progress("model parity", 0, 1)
             model_error = check_model(tmp, model_dir, adapter)
             if progress:
                 progress("model parity", 1, 1)
+        interrupt.check()
         _install(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -1,9 +1,16 @@
-"""`Generator`: load a bundle, generate tokens.
+"""`Generator`: load a bundle, generate tokens, plain or speculative.
 
     gen = Generator.from_bundle("demo-bundle")
-    for token in gen.generate("def fib(n):", max_new_tokens=64):
+    for token in gen.generate("def fib(n):", max_new_tokens=64):            # speculative
         ...
     print(gen.report.render())
+
+One speculative step (K draft tokens):
+
+    draft:   feed the tokens it has not seen -> propose d_1 .. d_K (greedy or sampled)
+    target:  verify [last, d_1 .. d_K] in one pass (T = K+1)     -> logits [K+1, V]
+    accept:  greedy prefix / rejection sampling                   -> emitted tokens
+    rollback both KV caches to the committed sequence; report the window to observers
 """
 
 from __future__ import annotations
@@ -15,13 +22,15 @@ from typing import Callable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 
-from .. import naming
 from ..errors import BundleError, ConfigError, PromptError
 from ..manifest import Manifest, check_present, load_manifest, verify_files
 from .backbone import Backbone
+from .draft import DraftModel, find_graph
 from .experts import SessionPerExpert
-from .sampling import SamplingConfig, select
+from .sampling import SamplingConfig, probabilities, sample, select
+from .sensor import RoutingRecorder, StepObserver, StepRecord
 from .sessions import CPU
+from .speculative import Verdict, accept_greedy, accept_sampling
 from .stats import RunReport
 from .tokenizer import Tokenizer
 
@@ -31,17 +40,24 @@ Progress = Callable[[str, int, int], None]
 
 
 class Generator:
-    def __init__(self, bundle: Path, manifest: Manifest, backbone: Backbone, tokenizer: Optional[Tokenizer]):
+    def __init__(self, bundle: Path, manifest: Manifest, backbone: Backbone, tokenizer: Optional[Tokenizer],
+                 draft: Optional[DraftModel] = None):
         self.bundle = bundle
         self.manifest = manifest
         self.backbone = backbone
         self.tokenizer = tokenizer
+        self.draft = draft
         self.report = RunReport()
+        self.step_observers: list[StepObserver] = []
+        d = manifest.dims
+        self._routing = RoutingRecorder(d.num_layers, d.num_experts)
+        backbone.observers.append(self._routing)
 
     @classmethod
-    def from_bundle(cls, path: Union[str, Path], *, verify: bool = False,
+    def from_bundle(cls, path: Union[str, Path], *, verify: bool = False, draft: Optional[Union[str, Path]] = None,
                     providers: Sequence[str] = (CPU,), progress: Optional[Progress] = None) -> "Generator":
-        """Load and validate a bundle. ``verify`` also checks every file's sha256."""
+        """Load and validate a bundle. ``verify`` also checks every file's sha256.
+        ``draft`` names an optimum ONNX export directory to use instead of the bundle's draft."""
         bundle = Path(path)
         manifest = load_manifest(bundle)
         if verify:
@@ -52,7 +68,15 @@ class Generator:
                                    (lambda i, n: progress("load experts", i, n)) if progress else None)
         backbone = Backbone(bundle, manifest, experts, providers)
         tok = Tokenizer(bundle / manifest.tokenizer) if manifest.tokenizer else None
-        return cls(bundle, manifest, backbone, tok)
+        draft_model = None
+        if draft is not None:
+            draft_model = DraftModel(find_graph(Path(draft)), providers)
+        elif manifest.draft is not None:
+            draft_model = DraftModel(bundle / manifest.draft.graph, providers)
+        if draft_model is not None and draft_model.shape.vocab_size not in (-1, manifest.dims.vocab_size):
+            raise BundleError(f"the draft's vocabulary ({draft_model.shape.vocab_size}) differs from the target's "
+                              f"({manifest.dims.vocab_size}); use a draft that shares the target's tokenizer")
+        return cls(bundle, manifest, backbone, tok, draft_model)
 
     # ---- prompts -----------------------------------------------------------------------
     def encode(self, prompt: str) -> list[int]:
@@ -75,48 +99,128 @@ class Generator:
 
     # ---- generation --------------------------------------------------------------------
     def generate(self, prompt: Union[str, Sequence[int]], *, max_new_tokens: int = 128,
-                 sampling: SamplingConfig = SamplingConfig(), stop_at_eos: bool = True) -> Iterator[int]:
-        """Yield new token ids one by one. Greedy unless ``sampling.temperature > 0``.
+                 sampling: SamplingConfig = SamplingConfig(), stop_at_eos: bool = True,
+                 draft_tokens: int = 4, speculative: Optional[bool] = None) -> Iterator[int]:
+        """Yield new token ids. Greedy unless ``sampling.temperature > 0``.
 
-        Stops after ``max_new_tokens``, at an EOS token (yielded), or when the model's
-        maximum positions are reached. `self.report` describes the finished run.
+        Speculative (``draft_tokens`` = K per step) whenever a draft model is loaded,
+        unless ``speculative=False``; the output is the same as without speculation
+        (greedy: identical tokens; sampling: the same distribution). Stops after
+        ``max_new_tokens``, at an EOS token (yielded), or at the model's maximum positions.
+        `self.report` describes the run.
         """
         ids = self.encode(prompt) if isinstance(prompt, str) else [int(i) for i in prompt]
         self._check_prompt(ids)
         if max_new_tokens < 1:
             raise ConfigError(f"max-new-tokens {max_new_tokens} must be at least 1")
-        return self._generate(ids, max_new_tokens, sampling, stop_at_eos)
+        if speculative is None:
+            speculative = self.draft is not None
+        if speculative and self.draft is None:
+            raise ConfigError(f"bundle {self.bundle} has no draft model; export it with --draft DRAFT_DIR, "
+                              "pass a draft directory, or run without speculation")
+        if speculative and draft_tokens < 1:
+            raise ConfigError(f"draft-tokens {draft_tokens} must be at least 1")
+        return self._generate(ids, max_new_tokens, sampling, stop_at_eos, draft_tokens if speculative else 0)
 
-    def _generate(self, ids: list[int], max_new: int, sampling: SamplingConfig, stop_at_eos: bool) -> Iterator[int]:
-        bb = self.backbone
+    def _record(self, kind: str, tokens: int, verdict: Optional[Verdict], emitted: Sequence[int],
+                proposed: Sequence[int] = ()) -> None:
+        if not self.step_observers:
+            return
+        rec = StepRecord(step=self._step, kind=kind, tokens=tokens, proposed=tuple(proposed),
+                         accepted=verdict.accepted if verdict else 0, emitted=tuple(emitted),
+                         counts=self._routing.counts.copy(), topk_ids=dict(self._routing.ids),
+                         topk_weights=dict(self._routing.weights))
+        for obs in self.step_observers:
+            obs.on_step(rec)
+
+    def _generate(self, prompt: list[int], max_new: int, sampling: SamplingConfig, stop_at_eos: bool,
+                  k: int) -> Iterator[int]:
+        bb, draft = self.backbone, self.draft
         bb.timers.reset()
+        self._step = 0
         rng = np.random.default_rng(sampling.seed)
         eos = set(self.manifest.eos_token_ids) if stop_at_eos else set()
-        report = self.report = RunReport(prompt_tokens=len(ids))
-        cache = bb.new_cache()
+        report = self.report = RunReport(prompt_tokens=len(prompt), speculative=k > 0, draft_tokens=k)
         limit = self.manifest.dims.max_positions
+        if k and self.manifest.draft is not None:
+            limit = min(limit, self.manifest.draft.max_positions)
+        seq = list(prompt)
+        cache = bb.new_cache()
+        dcache = draft.new_cache() if k else None
         t0 = perf_counter()
-        logits = bb.forward(ids, cache)
-        token = select(logits[-1], sampling, rng)
+        logits = bb.forward(seq, cache)
+        pending = [select(logits[-1], sampling, rng)]
         report.prefill_seconds = perf_counter() - t0
-        t_decode = perf_counter()
+        self._record("prefill", len(seq), None, pending)
         report.stop_reason = "max_new_tokens"
         try:
-            while True:
-                report.new_tokens += 1
-                report.decode_seconds = perf_counter() - t_decode
-                yield token
-                t_decode = perf_counter() - report.decode_seconds   # exclude consumer time
-                if token in eos:
-                    report.stop_reason = "eos"
-                    break
-                if report.new_tokens >= max_new:
-                    break
-                if cache.length >= limit:
-                    report.stop_reason = "max_positions"
-                    break
-                logits = bb.forward([token], cache)
-                token = select(logits[-1], sampling, rng)
+            yield from self._decode(seq, pending, cache, dcache, max_new, limit, eos, sampling, rng, k, report)
         finally:
             report.piece_seconds = dict(bb.timers.seconds)
             report.piece_calls = dict(bb.timers.calls)
+
+    def _decode(self, seq, pending, cache, dcache, max_new, limit, eos, sampling, rng, k, report) -> Iterator[int]:
+        bb = self.backbone
+        t_decode = perf_counter()
+        while True:
+            for token in pending:                 # emit, stopping inside a window if needed
+                seq.append(token)
+                report.new_tokens += 1
+                report.decode_seconds = perf_counter() - t_decode
+                yield token
+                t_decode = perf_counter() - report.decode_seconds   # exclude the consumer's time
+                if token in eos:
+                    report.stop_reason = "eos"
+                elif report.new_tokens >= max_new:
+                    report.stop_reason = "max_new_tokens"
+                elif len(seq) >= limit:
+                    report.stop_reason = "max_positions"
+                else:
+                    continue
+                return
+            self._step += 1
+            # window size: never propose past max_new_tokens or the positions left
+            kk = min(k, max_new - report.new_tokens - 1, limit - len(seq))
+            report.target_steps += 1
+            if kk <= 0:
+                logits = bb.forward(seq[-1:], cache)
+                pending = [select(logits[-1], sampling, rng)]
+                self._record("decode", 1, None, pending)
+            else:
+                pending = self._speculate(seq, kk, cache, dcache, sampling, rng, report)
+            report.step_tokens += len(pending)
+
+    def _speculate(self, seq: list[int], k: int, cache, dcache, sampling: SamplingConfig,
+                   rng: np.random.Generator, report: RunReport) -> list[int]:
+        t0 = perf_counter()
+        feed = seq[dcache.length:]
+        drafts: list[int] = []
+        q = []
+        for _ in range(k):
+            dl = self.draft.forward(feed, dcache)
+            if sampling.greedy:
+                d = int(np.argmax(dl))
+            else:
+                qi = probabilities(dl, sampling)
+                d = sample(qi, rng)
+                q.append(qi)
+            drafts.append(d)
+            feed = [d]
+        t1 = perf_counter()
+        logits = self.backbone.forward([seq[-1], *drafts], cache, last_only=False)     # [K+1, V]
+        if sampling.greedy:
+            verdict = accept_greedy(drafts, logits)
+        else:
+            p = np.stack([probabilities(row, sampling) for row in logits])
+            verdict = accept_sampling(drafts, np.stack(q), p, rng)
+        committed = len(seq) + verdict.accepted        # target cache keeps [.. last, d_1 .. d_n]
+        cache.truncate(committed)
+        dcache.truncate(min(dcache.length, committed))
+        report.draft_seconds += t1 - t0
+        self.backbone.timers.add("draft", t1 - t0, k)
+        report.verify_seconds += perf_counter() - t1
+        report.proposed += k
+        report.accepted += verdict.accepted
+        report.verify_steps += 1
+        self._record("verify", k + 1, verdict, verdict.tokens, drafts)
+        return list(verdict.tokens)

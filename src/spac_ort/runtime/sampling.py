@@ -49,8 +49,13 @@ def probabilities(logits: np.ndarray, cfg: SamplingConfig) -> np.ndarray:
     return p
 
 
+def sample(p: np.ndarray, rng: np.random.Generator) -> int:
+    """One draw from the (possibly unnormalised) distribution p [V]."""
+    cdf = np.cumsum(p, dtype=np.float64)
+    return int(min(np.searchsorted(cdf, rng.random() * cdf[-1], side="right"), p.size - 1))
+
+
 def select(logits: np.ndarray, cfg: SamplingConfig, rng: np.random.Generator) -> int:
     if cfg.greedy:
         return int(np.argmax(logits))
-    p = probabilities(logits, cfg)
-    return int(rng.choice(p.size, p=p))
+    return sample(probabilities(logits, cfg), rng)

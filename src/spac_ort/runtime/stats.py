@@ -35,6 +35,28 @@ class RunReport:
     stop_reason: str = ""
     piece_seconds: dict[str, float] = field(default_factory=dict)
     piece_calls: dict[str, int] = field(default_factory=dict)
+    speculative: bool = False
+    draft_tokens: int = 0          # K
+    proposed: int = 0              # draft tokens proposed
+    accepted: int = 0              # draft tokens accepted
+    verify_steps: int = 0          # target passes that verified a window
+    target_steps: int = 0          # target passes after prefill (verify + plain)
+    step_tokens: int = 0           # tokens committed by those passes
+    draft_seconds: float = 0.0
+    verify_seconds: float = 0.0
+
+    @property
+    def mean_accepted(self) -> float:
+        """Draft tokens accepted per verify pass."""
+        return self.accepted / self.verify_steps if self.verify_steps else 0.0
+
+    @property
+    def acceptance_rate(self) -> float:
+        return self.accepted / self.proposed if self.proposed else 0.0
+
+    @property
+    def tokens_per_target_step(self) -> float:
+        return self.step_tokens / self.target_steps if self.target_steps else 0.0
 
     @property
     def total_seconds(self) -> float:
@@ -57,7 +79,9 @@ class RunReport:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d.update(total_seconds=self.total_seconds, tokens_per_second=self.tokens_per_second,
+        d.update(mean_accepted=self.mean_accepted, acceptance_rate=self.acceptance_rate,
+                 tokens_per_target_step=self.tokens_per_target_step,
+                 total_seconds=self.total_seconds, tokens_per_second=self.tokens_per_second,
                  ort_seconds=self.ort_seconds, orchestration_seconds=self.orchestration_seconds)
         return d
 
@@ -66,6 +90,11 @@ class RunReport:
             f"prompt tokens {self.prompt_tokens}, new tokens {self.new_tokens} ({self.stop_reason})",
             f"prefill {self.prefill_seconds * 1e3:.1f} ms, decode {self.tokens_per_second:.1f} tokens/s",
         ]
+        if self.speculative:
+            lines.append(f"speculative K={self.draft_tokens}: proposed {self.proposed}, accepted {self.accepted} "
+                         f"({self.acceptance_rate:.0%}), {self.mean_accepted:.2f} accepted per step, "
+                         f"{self.tokens_per_target_step:.2f} tokens per target step; draft "
+                         f"{self.draft_seconds * 1e3:.0f} ms, verify {self.verify_seconds * 1e3:.0f} ms")
         total = self.total_seconds or 1.0
         parts = sorted(self.piece_seconds.items(), key=lambda kv: -kv[1])
         split = ", ".join(f"{k} {v / total:.0%} ({self.piece_calls.get(k, 0)} calls)" for k, v in parts)
