@@ -30,10 +30,10 @@ def load_prompts() -> list[dict]:
 @pytest.fixture(scope="session")
 def demo_bundle(tmp_path_factory) -> Path:
     from spac_ort.export import ExportOptions, export_bundle
-    from spac_ort.models import DEMO_TARGET
+    from spac_ort.models import DEMO_DRAFT, DEMO_TARGET
 
     out = tmp_path_factory.mktemp("demo") / "bundle"
-    export_bundle(ExportOptions(DEMO_TARGET, out))
+    export_bundle(ExportOptions(DEMO_TARGET, out, draft_dir=DEMO_DRAFT))
     return out
 
 
@@ -48,5 +48,5 @@ def ref_bundle(tmp_path_factory, refmodel) -> Path:
     from spac_ort.export import ExportOptions, export_bundle
 
     out = tmp_path_factory.mktemp("ref") / "bundle"
-    export_bundle(ExportOptions(refmodel / "target", out))
+    export_bundle(ExportOptions(refmodel / "target", out, draft_dir=refmodel / "draft"))
     return out
