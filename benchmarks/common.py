@@ -47,8 +47,7 @@ def ensure_bundle(name: str, out_root: Path, draft: bool = False) -> Path:
         if not draft or load_manifest(bundle).draft:
             return bundle
     target, draft_dir = model_dirs(name)
-    kwargs = {"draft_dir": draft_dir} if draft else {}
-    export_bundle(ExportOptions(target, bundle, force=True, **kwargs))
+    export_bundle(ExportOptions(target, bundle, force=True, draft_dir=draft_dir if draft else None))
     return bundle
 
 
