@@ -48,3 +48,7 @@ class ConfigError(SpacError):
 
 class MissingDependencyError(SpacError):
     """An optional dependency (the ``export`` extra) is not installed."""
+
+
+class BudgetError(SpacError):
+    """A memory budget cannot hold what one layer needs, or is malformed."""

@@ -28,6 +28,20 @@ from .common import Progress, setup_logging, user_errors
               help="Use this optimum ONNX export directory as the draft instead of the bundle's.")
 @click.option("--trace", type=click.Path(path_type=Path),
               help="Write a JSONL trace: per target pass, proposed/accepted tokens and per-layer expert counts.")
+@click.option("--policy", type=click.Choice(["resident", "cpu", "static", "sd-static", "lru", "spac"]),
+              help="Expert placement over a fast tier and the CPU (default: every expert resident in its own "
+                   "CPU session).")
+@click.option("--fast-budget", help="Fast-tier memory for experts: bytes ('2GiB') or a share of all experts "
+                                    "('17%'). Default: all experts.")
+@click.option("--ram-budget", help="Host memory for expert weights, same units; the rest is read from the bundle "
+                                   "on demand. Default: unlimited.")
+@click.option("--utility", type=click.Choice(["fixed", "scaled", "adaptive"]), default="fixed", show_default=True,
+              help="spac: utility estimator mode.")
+@click.option("--sync-prefetch", is_flag=True, help="spac: prefetch synchronously after each step (no overlap).")
+@click.option("--profile", "profile_path", type=click.Path(path_type=Path),
+              help="Device profile JSON for the balancer's cost model.")
+@click.option("--plan-out", type=click.Path(path_type=Path),
+              help="Write the last verify step's plan graph with its critical path (.json or .dot).")
 @click.option("--verify", is_flag=True, help="Check every bundle file's sha256 before loading.")
 @click.option("--json", "as_json", is_flag=True,
               help="Print one JSON object (prompt/generated token ids, text, report) instead of streaming.")
@@ -35,7 +49,9 @@ from .common import Progress, setup_logging, user_errors
 @click.option("-q", "--quiet", is_flag=True, help="No report on stderr.")
 def main(bundle: Path, prompt: Optional[str], prompt_file: Optional[Path], max_new_tokens: int,
          temperature: float, top_k: int, top_p: float, seed: Optional[int], draft_tokens: int,
-         no_speculative: bool, draft_dir: Optional[Path], trace: Optional[Path], verify: bool, as_json: bool,
+         no_speculative: bool, draft_dir: Optional[Path], trace: Optional[Path], policy: Optional[str],
+         fast_budget: Optional[str], ram_budget: Optional[str], utility: str, sync_prefetch: bool,
+         profile_path: Optional[Path], plan_out: Optional[Path], verify: bool, as_json: bool,
          verbose: int, quiet: bool) -> None:
     """Generate text from BUNDLE (written by spac-export). Text streams to stdout, the
     report goes to stderr."""
@@ -57,7 +73,14 @@ def main(bundle: Path, prompt: Optional[str], prompt_file: Optional[Path], max_n
         sampling = SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
         progress = Progress(enabled=not quiet and not as_json)
         try:
-            gen = Generator.from_bundle(bundle, verify=verify, draft=draft_dir, progress=progress)
+            from ..profile import DeviceProfile
+            from ..runtime.policies import SpacOptions
+            from ..runtime.utility import UtilityConfig
+
+            gen = Generator.from_bundle(
+                bundle, verify=verify, draft=draft_dir, progress=progress, policy=policy, fast_budget=fast_budget,
+                ram_budget=ram_budget, profile=DeviceProfile.load(profile_path) if profile_path else None,
+                spac=SpacOptions(utility=UtilityConfig.for_mode(utility)), synchronous_prefetch=sync_prefetch)
         finally:
             progress.close()
         ids = gen.encode(prompt)
@@ -76,6 +99,13 @@ def main(bundle: Path, prompt: Optional[str], prompt_file: Optional[Path], max_n
         finally:
             if trace is not None:
                 writer.close()
+            if gen.tiered is not None:
+                gen.tiered.close()
+        if plan_out is not None:
+            plan = gen.tiered.last_plan if gen.tiered else None
+            if plan is None:
+                raise ConfigError("--plan-out needs a placement policy (--policy); the plain runtime has no plan")
+            plan.write(plan_out)
 
 
 def _emit(gen, ids, tokens, as_json: bool, quiet: bool) -> None:

@@ -26,7 +26,11 @@ from ..errors import BundleError, ConfigError, PromptError
 from ..manifest import Manifest, check_present, load_manifest, verify_files
 from .backbone import Backbone
 from .draft import DraftModel, find_graph
+from ..budget import parse_budget
+from ..profile import DeviceProfile
+from .engine import TieredExperts
 from .experts import SessionPerExpert
+from .policies import SpacOptions, make_policy
 from .sampling import SamplingConfig, probabilities, sample, select
 from .sensor import RoutingRecorder, StepObserver, StepRecord
 from .sessions import CPU
@@ -37,6 +41,12 @@ from .tokenizer import Tokenizer
 log = logging.getLogger(__name__)
 
 Progress = Callable[[str, int, int], None]
+
+
+def _budget(value: Union[str, int, None], total: int, what: str) -> Optional[int]:
+    if value is None or isinstance(value, int):
+        return value
+    return parse_budget(value, total, what)
 
 
 class Generator:
@@ -55,17 +65,35 @@ class Generator:
 
     @classmethod
     def from_bundle(cls, path: Union[str, Path], *, verify: bool = False, draft: Optional[Union[str, Path]] = None,
-                    providers: Sequence[str] = (CPU,), progress: Optional[Progress] = None) -> "Generator":
+                    providers: Sequence[str] = (CPU,), progress: Optional[Progress] = None,
+                    policy: Optional[str] = None, fast_budget: Union[str, int, None] = None,
+                    ram_budget: Union[str, int, None] = None, fast_providers: Sequence[str] = (CPU,),
+                    profile: Optional[DeviceProfile] = None, spac: Optional[SpacOptions] = None,
+                    synchronous_prefetch: bool = False) -> "Generator":
         """Load and validate a bundle. ``verify`` also checks every file's sha256.
-        ``draft`` names an optimum ONNX export directory to use instead of the bundle's draft."""
+        ``draft`` names an optimum ONNX export directory to use instead of the bundle's draft.
+
+        Without ``policy`` every expert is resident in its own CPU session. With a policy
+        (resident, cpu, static, sd-static, lru, spac) experts live in tiers: a fast tier of
+        ``fast_budget`` ("2GiB", "17%", bytes; default: all experts), the CPU, and the
+        bundle's files under ``ram_budget``."""
         bundle = Path(path)
         manifest = load_manifest(bundle)
         if verify:
             verify_files(bundle, manifest, (lambda i, n: progress("verify", i, n)) if progress else None)
         else:
             check_present(bundle, manifest)
-        experts = SessionPerExpert(bundle, manifest, providers,
-                                   (lambda i, n: progress("load experts", i, n)) if progress else None)
+        if policy is None:
+            if fast_budget is not None or ram_budget is not None:
+                raise ConfigError("memory budgets need a placement policy; pass --policy (e.g. spac)")
+            experts = SessionPerExpert(bundle, manifest, providers,
+                                       (lambda i, n: progress("load experts", i, n)) if progress else None)
+        else:
+            pol = make_policy(policy, profile, spac)
+            total = len(manifest.moe_layers()) * manifest.dims.num_experts * manifest.experts.data_size
+            experts = TieredExperts(bundle, manifest, pol, _budget(fast_budget, total, "fast budget"),
+                                    _budget(ram_budget, total, "RAM budget"), fast_providers, profile,
+                                    synchronous_prefetch)
         backbone = Backbone(bundle, manifest, experts, providers)
         tok = Tokenizer(bundle / manifest.tokenizer) if manifest.tokenizer else None
         draft_model = None
@@ -113,23 +141,44 @@ class Generator:
         self._check_prompt(ids)
         if max_new_tokens < 1:
             raise ConfigError(f"max-new-tokens {max_new_tokens} must be at least 1")
+        policy = self.policy
         if speculative is None:
-            speculative = self.draft is not None
+            wanted = policy.speculative if policy is not None else None
+            speculative = self.draft is not None if wanted is None else wanted
+        if speculative and policy is not None and policy.speculative is False:
+            raise ConfigError(f"policy '{policy.name}' decodes without speculation; use sd-static or spac, "
+                              "or drop the speculative option")
         if speculative and self.draft is None:
             raise ConfigError(f"bundle {self.bundle} has no draft model; export it with --draft DRAFT_DIR, "
                               "pass a draft directory, or run without speculation")
+        if not speculative and policy is not None and policy.speculative is True:
+            raise ConfigError(f"policy '{policy.name}' needs speculative decoding (its sensor); "
+                              "use a bundle with a draft and leave speculation on")
         if speculative and draft_tokens < 1:
             raise ConfigError(f"draft-tokens {draft_tokens} must be at least 1")
         return self._generate(ids, max_new_tokens, sampling, stop_at_eos, draft_tokens if speculative else 0)
 
+    @property
+    def tiered(self) -> Optional[TieredExperts]:
+        experts = self.backbone.experts
+        return experts if isinstance(experts, TieredExperts) else None
+
+    @property
+    def policy(self):
+        return self.tiered.policy if self.tiered else None
+
     def _record(self, kind: str, tokens: int, verdict: Optional[Verdict], emitted: Sequence[int],
                 proposed: Sequence[int] = ()) -> None:
-        if not self.step_observers:
+        engine = self.tiered
+        if not self.step_observers and engine is None:
             return
         rec = StepRecord(step=self._step, kind=kind, tokens=tokens, proposed=tuple(proposed),
                          accepted=verdict.accepted if verdict else 0, emitted=tuple(emitted),
                          counts=self._routing.counts.copy(), topk_ids=dict(self._routing.ids),
-                         topk_weights=dict(self._routing.weights))
+                         topk_weights=dict(self._routing.weights),
+                         tiers=engine.step_delta() if engine else None)
+        if engine is not None:
+            engine.on_step(rec)
         for obs in self.step_observers:
             obs.on_step(rec)
 
@@ -158,6 +207,8 @@ class Generator:
         finally:
             report.piece_seconds = dict(bb.timers.seconds)
             report.piece_calls = dict(bb.timers.calls)
+            if self.tiered is not None:
+                report.tiers = self.tiered.summary(report.new_tokens)
 
     def _decode(self, seq, pending, cache, dcache, max_new, limit, eos, sampling, rng, k, report) -> Iterator[int]:
         bb = self.backbone
@@ -218,6 +269,8 @@ class Generator:
         dcache.truncate(min(dcache.length, committed))
         report.draft_seconds += t1 - t0
         self.backbone.timers.add("draft", t1 - t0, k)
+        if self.tiered is not None:
+            self.tiered.plan.record("draft", "host", t1 - t0, proposed=k)
         report.verify_seconds += perf_counter() - t1
         report.proposed += k
         report.accepted += verdict.accepted

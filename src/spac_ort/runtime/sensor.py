@@ -29,6 +29,7 @@ class StepRecord:
     counts: np.ndarray                 # [L, E] tokens routed to each expert
     topk_ids: dict[int, np.ndarray]    # layer -> [T, A]
     topk_weights: dict[int, np.ndarray]
+    tiers: Optional[dict] = None       # tier counters of this pass (hits, fetches, bytes), if tiered
 
 
 class StepObserver(Protocol):
@@ -68,7 +69,8 @@ class TraceWriter:
             layers.append({"experts": used.tolist(), "counts": row[used].tolist()})
         self._f.write(json.dumps({"step": r.step, "kind": r.kind, "tokens": r.tokens,
                                   "proposed": list(r.proposed), "accepted": r.accepted,
-                                  "emitted": list(r.emitted), "layers": layers}) + "\n")
+                                  "emitted": list(r.emitted), "layers": layers,
+                                  **({"tiers": r.tiers} if r.tiers is not None else {})}) + "\n")
 
     def close(self) -> None:
         if self._f is not None:

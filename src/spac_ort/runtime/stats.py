@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from time import perf_counter
-from typing import Any
+from typing import Any, Optional
 
 
 class PieceTimers:
@@ -44,6 +44,7 @@ class RunReport:
     step_tokens: int = 0           # tokens committed by those passes
     draft_seconds: float = 0.0
     verify_seconds: float = 0.0
+    tiers: Optional[dict[str, Any]] = None     # TieredExperts.summary() when a policy ran
 
     @property
     def mean_accepted(self) -> float:
@@ -95,6 +96,15 @@ class RunReport:
                          f"({self.acceptance_rate:.0%}), {self.mean_accepted:.2f} accepted per step, "
                          f"{self.tokens_per_target_step:.2f} tokens per target step; draft "
                          f"{self.draft_seconds * 1e3:.0f} ms, verify {self.verify_seconds * 1e3:.0f} ms")
+        if self.tiers:
+            t = self.tiers
+            lines.append(f"policy {t['policy']} (fast tier: {t['fast_tier']}, {t['fast_slots']} slots): hit rate "
+                         f"{t['hit_rate']:.1%}, fast share {t['fast_share']:.1%}, fetches {t['fetches_on_demand']} "
+                         f"on demand + {t['fetches_prefetch']} prefetched, evictions {t['evictions']}, "
+                         f"{t['bytes_to_fast_per_token'] / 1e6:.2f} MB to the fast tier per token")
+            if t["balancer_paths"]:
+                lines.append(f"balancer: {t['balancer_paths']}, median {t['balancer_median_us']:.0f} us; "
+                             f"prefetch queue delay median {t['prefetch_queue_delay_ms']:.2f} ms")
         total = self.total_seconds or 1.0
         parts = sorted(self.piece_seconds.items(), key=lambda kv: -kv[1])
         split = ", ".join(f"{k} {v / total:.0%} ({self.piece_calls.get(k, 0)} calls)" for k, v in parts)

@@ -1,0 +1,50 @@
+"""`DeviceProfile`: the cost model the balancer and the plan use.
+
+Times are linear in tokens: ``time(n) = fixed + per_token * n`` per expert call, for the
+fast and the slow tier, and a transfer costs ``latency + bytes / bandwidth``. Profiles
+are measured (``runtime.calibrate``) and saved as JSON; bundles for targets ship one.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from .errors import ConfigError
+
+
+@dataclass(frozen=True)
+class DeviceProfile:
+    name: str
+    fast_fixed_s: float          # per expert call on the fast tier
+    fast_per_token_s: float
+    slow_fixed_s: float          # per expert call on the slow tier (CPU)
+    slow_per_token_s: float
+    link_latency_s: float        # per transfer
+    link_bytes_per_s: float
+
+    def fast(self, tokens):
+        return self.fast_fixed_s + self.fast_per_token_s * tokens
+
+    def slow(self, tokens):
+        return self.slow_fixed_s + self.slow_per_token_s * tokens
+
+    def transfer(self, nbytes: int) -> float:
+        return self.link_latency_s + nbytes / self.link_bytes_per_s
+
+    def save(self, path: Path) -> None:
+        Path(path).write_text(json.dumps(asdict(self), indent=1) + "\n", encoding="utf-8")
+
+    @classmethod
+    def load(cls, path: Path) -> "DeviceProfile":
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+            return cls(**data)
+        except (OSError, json.JSONDecodeError, TypeError) as exc:
+            raise ConfigError(f"cannot read device profile {path} ({exc}); write one with the calibrate step") from None
+
+
+# Measured on a GPU host (ORT CUDA EP, Qwen3-30B-A3B expert size, fp16): ~65 us per
+# expert call on the GPU, 1.6 ms per fp32 expert at T=1 on the host CPU, pinned copies.
+H200_QWEN3_30B = DeviceProfile("h200-qwen3-30b", 65e-6, 2e-6, 1.6e-3, 1.0e-4, 10e-6, 51e9)

@@ -1,0 +1,169 @@
+"""Heterogeneous Workload Balancer: which active experts of a layer run on the fast tier.
+
+Per layer and step, each active expert e (n_e tokens, resident on the fast tier or not)
+runs either fast (paying a transfer first when not resident) or slow (CPU, where every
+expert is reachable). Minimise the layer's makespan
+
+    M >= sum_fast (fast(n_e) + transfer_e [not resident])     (fast lane, copies serialised)
+    M >= sum_slow slow(n_e)                                   (slow lane)
+
+subject to: fetched experts <= free fast slots, their transfer time <= the time available.
+
+Experts with the same (tokens, resident) are interchangeable, so the problem is solved
+over classes: y_j = how many of class j run fast, integer in 0..size_j. Paths:
+``exact`` (enumeration, small class products), ``milp`` (scipy.optimize.milp / HiGHS,
+with a time limit), ``greedy`` (fallback). Pure: no ORT, no threads.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import numpy as np
+
+from ..profile import DeviceProfile
+
+EXACT_LIMIT = 4096          # enumerate when the class product is at most this
+
+
+@dataclass(frozen=True)
+class LayerDemand:
+    experts: np.ndarray        # [N] expert ids
+    tokens: np.ndarray         # [N] tokens routed to each
+    resident: np.ndarray       # [N] bool, already on the fast tier
+    utility: np.ndarray        # [N] utility level (tie-break: who gets fetched)
+
+
+@dataclass(frozen=True)
+class Assignment:
+    fast: tuple[int, ...]      # expert ids to run on the fast tier
+    slow: tuple[int, ...]      # expert ids to run on the slow tier
+    fetch: tuple[int, ...]     # the fast ones that must be transferred first
+    makespan: float            # predicted seconds
+    path: str                  # "exact" | "milp" | "greedy" | "trivial"
+    solve_seconds: float
+
+
+def _classes(d: LayerDemand):
+    keys = sorted(set(zip(d.tokens.tolist(), d.resident.tolist())))
+    members = {k: [] for k in keys}
+    for i, k in enumerate(zip(d.tokens.tolist(), d.resident.tolist())):
+        members[k].append(i)
+    for k in keys:   # within a class, prefer high utility for the fast tier
+        members[k].sort(key=lambda i: (-d.utility[i], d.experts[i]))
+    return keys, members
+
+
+def _costs(keys, profile: DeviceProfile, expert_bytes: int):
+    n = np.array([k[0] for k in keys], dtype=np.float64)
+    res = np.array([k[1] for k in keys], dtype=bool)
+    xfer = np.where(res, 0.0, profile.transfer(expert_bytes))
+    return profile.fast(n) + xfer, profile.slow(n), ~res, xfer
+
+
+def _evaluate(y: np.ndarray, size, fast_cost, slow_cost, fetched, xfer, free_slots, transfer_budget):
+    """y: [C, J] candidate counts -> (makespan [C], feasible [C])."""
+    fast = y @ fast_cost
+    slow = (size - y) @ slow_cost
+    ok = (y @ fetched.astype(np.float64) <= free_slots + 1e-9) & (y @ xfer <= transfer_budget + 1e-12)
+    return np.maximum(fast, slow), ok
+
+
+def balance(d: LayerDemand, profile: DeviceProfile, expert_bytes: int, free_slots: int,
+            transfer_budget: float = float("inf"), milp_time_limit: float = 0.005,
+            exact_limit: int = EXACT_LIMIT) -> Assignment:
+    t0 = time.perf_counter()
+    if d.experts.size == 0:
+        return Assignment((), (), (), 0.0, "trivial", time.perf_counter() - t0)
+    keys, members = _classes(d)
+    size = np.array([len(members[k]) for k in keys], dtype=np.float64)
+    fast_cost, slow_cost, fetched, xfer = _costs(keys, profile, expert_bytes)
+    combos = int(np.prod(size + 1))
+    y, path = None, ""
+    if combos <= exact_limit:
+        grid = np.array(list(itertools.product(*[range(int(s) + 1) for s in size])), dtype=np.float64)
+        span, ok = _evaluate(grid, size, fast_cost, slow_cost, fetched, xfer, free_slots, transfer_budget)
+        span = np.where(ok, span, np.inf)
+        y, path = grid[int(np.argmin(span))], "exact"
+    else:
+        y = _milp(size, fast_cost, slow_cost, fetched, xfer, free_slots, transfer_budget, milp_time_limit)
+        path = "milp"
+        if y is None:
+            y, path = _greedy(size, fast_cost, slow_cost, fetched, xfer, free_slots, transfer_budget), "greedy"
+    fast_ids, slow_ids, fetch_ids = [], [], []
+    for j, k in enumerate(keys):
+        take = int(round(y[j]))
+        for rank, i in enumerate(members[k]):
+            e = int(d.experts[i])
+            if rank < take:
+                fast_ids.append(e)
+                if not k[1]:
+                    fetch_ids.append(e)
+            else:
+                slow_ids.append(e)
+    span = max(float(y @ fast_cost), float((size - y) @ slow_cost))
+    return Assignment(tuple(sorted(fast_ids)), tuple(sorted(slow_ids)), tuple(sorted(fetch_ids)), span, path,
+                      time.perf_counter() - t0)
+
+
+def _milp(size, fast_cost, slow_cost, fetched, xfer, free_slots, transfer_budget, time_limit) -> Optional[np.ndarray]:
+    from scipy.optimize import Bounds, LinearConstraint, milp
+
+    j = size.size
+    c = np.zeros(j + 1)
+    c[-1] = 1.0                                                  # minimise M
+    rows, lo, hi = [], [], []
+    rows.append(np.r_[fast_cost, -1.0]); lo.append(-np.inf); hi.append(0.0)                  # fast <= M
+    rows.append(np.r_[-slow_cost, -1.0]); lo.append(-np.inf); hi.append(-(size @ slow_cost))  # slow <= M
+    rows.append(np.r_[fetched.astype(float), 0.0]); lo.append(-np.inf); hi.append(float(free_slots))
+    if np.isfinite(transfer_budget):
+        rows.append(np.r_[xfer, 0.0]); lo.append(-np.inf); hi.append(transfer_budget)
+    res = milp(c, constraints=LinearConstraint(np.array(rows), lo, hi),
+               integrality=np.r_[np.ones(j), 0.0], bounds=Bounds(np.r_[np.zeros(j), 0.0], np.r_[size, np.inf]),
+               options={"time_limit": time_limit, "presolve": True})
+    if res.x is None:
+        return None
+    return np.clip(np.round(res.x[:j]), 0, size)
+
+
+def _greedy(size, fast_cost, slow_cost, fetched, xfer, free_slots, transfer_budget) -> np.ndarray:
+    """Start all slow; move the unit with the best slow/fast ratio to the fast lane while
+    that lowers the makespan and the constraints hold."""
+    y = np.zeros_like(size)
+    slots, budget = float(free_slots), transfer_budget
+    order = np.argsort(-(slow_cost / fast_cost))
+    for j in order:
+        while y[j] < size[j]:
+            if fetched[j] and (slots < 1 or xfer[j] > budget):
+                break
+            fast = y @ fast_cost + fast_cost[j]
+            slow = (size - y) @ slow_cost - slow_cost[j]
+            if max(fast, slow) > max(y @ fast_cost, (size - y) @ slow_cost):
+                break
+            y[j] += 1
+            if fetched[j]:
+                slots -= 1
+                budget -= xfer[j]
+    return y
+
+
+def brute_force(d: LayerDemand, profile: DeviceProfile, expert_bytes: int, free_slots: int,
+                transfer_budget: float = float("inf")) -> float:
+    """Optimal makespan over all 2^N per-expert choices (for tests; N small)."""
+    best = np.inf
+    n = d.experts.size
+    for bits in itertools.product((0, 1), repeat=n):
+        x = np.array(bits, dtype=bool)
+        fetch = x & ~d.resident
+        if fetch.sum() > free_slots:
+            continue
+        xfer = fetch.sum() * profile.transfer(expert_bytes)
+        if xfer > transfer_budget + 1e-12:
+            continue
+        fast = profile.fast(d.tokens[x]).sum() + xfer
+        slow = profile.slow(d.tokens[~x]).sum()
+        best = min(best, max(fast, slow))
+    return float(best)
