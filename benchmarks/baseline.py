@@ -58,7 +58,7 @@ def bench_model(name: str, prompts: list[dict], new_tokens: int, out_root: Path)
     for p in prompts:
         ids = gen.encode(p["prompt"])
         t0 = time.perf_counter()
-        n = len(list(gen.generate(ids, max_new_tokens=new_tokens, stop_at_eos=False)))
+        n = len(list(gen.generate(ids, max_new_tokens=new_tokens, stop_at_eos=False, speculative=False)))
         ours_e2e.append(n / (time.perf_counter() - t0))
         r = gen.report
         ours_decode.append(r.tokens_per_second)

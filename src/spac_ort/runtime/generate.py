@@ -258,6 +258,8 @@ class Generator:
             drafts.append(d)
             feed = [d]
         t1 = perf_counter()
+        if self.tiered is not None:
+            self.tiered.plan.record("draft", "host", t1 - t0, proposed=k)
         logits = self.backbone.forward([seq[-1], *drafts], cache, last_only=False)     # [K+1, V]
         if sampling.greedy:
             verdict = accept_greedy(drafts, logits)
@@ -269,8 +271,6 @@ class Generator:
         dcache.truncate(min(dcache.length, committed))
         report.draft_seconds += t1 - t0
         self.backbone.timers.add("draft", t1 - t0, k)
-        if self.tiered is not None:
-            self.tiered.plan.record("draft", "host", t1 - t0, proposed=k)
         report.verify_seconds += perf_counter() - t1
         report.proposed += k
         report.accepted += verdict.accepted

@@ -1,4 +1,4 @@
-"""The step plan: a networkx DiGraph of one decoding step's work.
+r"""The step plan: a networkx DiGraph of one decoding step's work.
 
 Nodes are work items on a lane (``host``: attention/router/combine, ``fast``: fetches and
 expert runs on the fast tier, ``slow``: expert runs on the CPU); edges are data and slot

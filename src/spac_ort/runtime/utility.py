@@ -10,8 +10,9 @@ Three modes:
   any K can reach every level; thresholds are then in level units.
 - ``adaptive``: level boundaries follow running count statistics: per layer, a decaying
   histogram of the non-zero counts seen; the target level of a count is the number of
-  boundaries (quantiles i/(U+1) of that histogram) it reaches; the level moves one step
-  toward it (up when target - u >= 1, down when u - target >= theta_down).
+  boundaries it reaches, the boundaries being the quantiles i/(U+1) of that histogram made
+  strictly increasing; the level moves one step toward the target (up when
+  target - u >= theta_up, down when u - target >= theta_down; both 1 by default).
 """
 
 from __future__ import annotations
@@ -79,8 +80,9 @@ def boundaries(histogram: np.ndarray, levels: int) -> np.ndarray:
     qs = np.arange(1, levels + 1) / (levels + 1)                      # [U]
     # smallest count whose cdf reaches q, as a count value (index + 1)
     idx = (cdf[:, None, :] < qs[None, :, None]).sum(axis=2)           # [L, U]
-    b = idx + 1.0
-    return np.where(total > 0, b, np.arange(1, levels + 1)[None, :])  # before any data: 1..U
+    step = np.arange(levels)[None, :]
+    b = np.maximum.accumulate(idx + 1 - step, axis=1) + step           # strictly increasing, >= 1
+    return np.where(total > 0, b, step + 1).astype(np.float64)         # before any data: 1..U
 
 
 def update(state: UtilityState, counts: np.ndarray, window: int, cfg: UtilityConfig) -> UtilityState:

@@ -1,0 +1,87 @@
+"""Every placement policy and budget gives the same greedy tokens as the plain runtime
+(which matches transformers)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from spac_ort.cli import run as run_cli
+from spac_ort.runtime import Generator
+from spac_ort.runtime.policies import SpacOptions
+from spac_ort.runtime.utility import UtilityConfig
+from tests.conftest import load_prompts
+from tests.test_parity import _spread
+
+CASES = [("resident", None), ("cpu", "0%"), ("static", "30%"), ("static", "80%"), ("sd-static", "50%"),
+         ("lru", "5%"), ("lru", "30%"), ("spac", "5%"), ("spac", "17%"), ("spac", "60%")]
+
+
+def _outputs(gen, prompts, n):
+    return [list(gen.generate(p["prompt"], max_new_tokens=n)) for p in prompts]
+
+
+def test_demo_every_policy_and_budget_token_identical(demo_bundle):
+    prompts = _spread(load_prompts(), 1)[::2]
+    plain = _outputs(Generator.from_bundle(demo_bundle), prompts, 32)
+    for policy, budget in CASES:
+        for mode in (("fixed", "scaled", "adaptive") if policy == "spac" else ("fixed",)):
+            gen = Generator.from_bundle(demo_bundle, policy=policy, fast_budget=budget,
+                                        spac=SpacOptions(utility=UtilityConfig.for_mode(mode)))
+            try:
+                assert _outputs(gen, prompts, 32) == plain, f"{policy} {budget} {mode}"
+                t = gen.report.tiers
+                assert t["policy"] == policy and 0.0 <= t["hit_rate"] <= 1.0
+                if policy == "resident":
+                    assert t["hit_rate"] == 1.0
+                if policy == "cpu":
+                    assert t["fast_share"] == 0.0
+            finally:
+                gen.tiered.close()
+
+
+@pytest.mark.refmodel
+def test_refmodel_policies_token_identical(ref_bundle):
+    prompts = _spread(load_prompts(), 1)[1::3]
+    plain = _outputs(Generator.from_bundle(ref_bundle), prompts, 32)
+    for policy, budget in [("spac", "10%"), ("lru", "10%"), ("sd-static", "30%")]:
+        gen = Generator.from_bundle(ref_bundle, policy=policy, fast_budget=budget,
+                                    spac=SpacOptions(utility=UtilityConfig.for_mode("scaled")))
+        try:
+            assert _outputs(gen, prompts, 32) == plain, policy
+        finally:
+            gen.tiered.close()
+
+
+def test_cli_policy_report_trace_and_plan(demo_bundle, tmp_path):
+    trace, plan_json, plan_dot = tmp_path / "t.jsonl", tmp_path / "plan.json", tmp_path / "plan.dot"
+    res = CliRunner().invoke(run_cli.main, [str(demo_bundle), "-p", "int main(void) {", "-n", "20", "--policy",
+                                            "spac", "--fast-budget", "17%", "--trace", str(trace),
+                                            "--plan-out", str(plan_json)])
+    assert res.exit_code == 0, res.output
+    assert "policy spac (fast tier: cpu stand-in" in res.stderr and "hit rate" in res.stderr
+    lines = [json.loads(x) for x in trace.read_text().splitlines()]
+    assert all("tiers" in rec for rec in lines)
+    assert sum(rec["tiers"]["pairs"] for rec in lines) == sum(sum(sum(l["counts"]) for l in rec["layers"])
+                                                             for rec in lines)
+    plan = json.loads(plan_json.read_text())
+    names = {n["id"] for n in plan["nodes"]}
+    assert "draft" in names and "L0.route" in names and "L3.combine" in names
+    assert plan["critical_path"][0] == "draft" and plan["critical_path"][-1] == "L3.combine"
+    res = CliRunner().invoke(run_cli.main, [str(demo_bundle), "-p", "x", "-n", "8", "--policy", "lru",
+                                            "--fast-budget", "10%", "--plan-out", str(plan_dot)])
+    assert res.exit_code == 0, res.output
+    assert plan_dot.read_text().startswith("digraph")
+
+
+def test_policy_option_errors(demo_bundle):
+    def fails(*args, needle):
+        res = CliRunner().invoke(run_cli.main, [str(demo_bundle), "-p", "x", *args])
+        assert res.exit_code == 2 and res.stderr.startswith("error:") and needle in res.stderr, res.output
+    fails("--policy", "resident", "--fast-budget", "10%", needle="needs 256")
+    fails("--policy", "spac", "--fast-budget", "lots", needle="is not a size")
+    fails("--policy", "spac", "--no-speculative", needle="needs speculative decoding")
+    fails("--fast-budget", "10%", needle="need a placement policy")
+    fails("--policy", "spac", "--ram-budget", "1KB", needle="--ram-budget of at least")
