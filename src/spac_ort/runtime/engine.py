@@ -176,10 +176,11 @@ class TieredExperts:
             plan.run(names)
         finally:
             table.unpin((layer, e) for e in fast)
+        t_combine = time.perf_counter()
         out = np.zeros_like(x)                                             # [1, T, H]
         for g in groups:                                                   # ascending expert id
             out[:, g.rows] += results[g.expert] * g.weights[None, :, None]
-        plan.record(f"L{layer}.combine", "host", 0.0, deps=names or [route])
+        plan.record(f"L{layer}.combine", "host", time.perf_counter() - t_combine, deps=names or [route])
         self._last_combine = time.perf_counter()
         self._last_node = f"L{layer}.combine"
         n_pairs = int(tokens.sum())
