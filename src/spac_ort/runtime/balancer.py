@@ -10,9 +10,13 @@ expert is reachable). Minimise the layer's makespan
 subject to: fetched experts <= free fast slots, their transfer time <= the time available.
 
 Experts with the same (tokens, resident) are interchangeable, so the problem is solved
-over classes: y_j = how many of class j run fast, integer in 0..size_j. Paths:
-``exact`` (enumeration, small class products), ``milp`` (scipy.optimize.milp / HiGHS,
-with a time limit), ``greedy`` (fallback). Pure: no ORT, no threads.
+over classes: y_j = how many of class j run fast, integer in 0..size_j. Every expert has
+the same size, so the transfer-time limit is a cap on the number of fetches. Paths:
+``exact``: a dynamic program over classes that keeps the Pareto frontier of (fast load,
+slow load) per fetch count, exact and cheap while the frontier stays small; ``milp``:
+scipy.optimize.milp (HiGHS) with a time limit when the frontier grows past
+``frontier_limit``; ``greedy``: the fallback when the MILP finds nothing in time.
+Pure: no ORT, no threads.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import numpy as np
 
 from ..profile import DeviceProfile
 
-EXACT_LIMIT = 4096          # enumerate when the class product is at most this
+FRONTIER_LIMIT = 20000     # exact DP while the Pareto frontier stays at most this large
 
 
 @dataclass(frozen=True)
@@ -64,35 +68,67 @@ def _costs(keys, profile: DeviceProfile, expert_bytes: int):
     return profile.fast(n) + xfer, profile.slow(n), ~res, xfer
 
 
-def _evaluate(y: np.ndarray, size, fast_cost, slow_cost, fetched, xfer, free_slots, transfer_budget):
-    """y: [C, J] candidate counts -> (makespan [C], feasible [C])."""
-    fast = y @ fast_cost
-    slow = (size - y) @ slow_cost
-    ok = (y @ fetched.astype(np.float64) <= free_slots + 1e-9) & (y @ xfer <= transfer_budget + 1e-12)
-    return np.maximum(fast, slow), ok
+def _frontier(size, fast_cost, slow_cost, fetched, cap: int, limit: int, bound: float) -> Optional[np.ndarray]:
+    """Exact optimum by dynamic programming over classes; None if the frontier outgrows
+    ``limit``. State: (fast load F, slow load S, fetches n); a state is dropped when
+    another with the same n has F and S no larger, or when F or S already exceeds
+    ``bound`` (a feasible makespan, e.g. the greedy one: loads only grow).
+    Back-pointers rebuild the choice."""
+    F = np.zeros(1)
+    S = np.zeros(1)
+    N = np.zeros(1, dtype=np.int64)
+    back: list[tuple[np.ndarray, np.ndarray]] = []
+    for j in range(size.size):
+        ys = np.arange(int(size[j]) + 1)
+        parent = np.repeat(np.arange(F.size), ys.size)
+        y = np.tile(ys, F.size)
+        F = F[parent] + y * fast_cost[j]
+        S = S[parent] + (size[j] - y) * slow_cost[j]
+        N = N[parent] + (y if fetched[j] else 0)
+        order = np.lexsort((S, F, N))
+        order = order[(N[order] <= cap) & (F[order] <= bound) & (S[order] <= bound)]
+        Fs, Ss, Ns = F[order], S[order], N[order]
+        new_group = np.r_[True, Ns[1:] != Ns[:-1]]
+        # running minimum of S within each fetch-count group, excluding the point itself
+        prev = np.r_[np.inf, Ss[:-1]]
+        prev[new_group] = np.inf
+        group_id = np.cumsum(new_group) - 1
+        offset = group_id * 1e9                  # separate groups for one global accumulate
+        run_min = np.minimum.accumulate(prev - offset) + offset
+        keep = order[Ss < run_min - 1e-15]
+        F, S, N = F[keep], S[keep], N[keep]
+        back.append((parent[keep], y[keep]))
+        if F.size > limit:
+            return None
+    best = int(np.argmin(np.maximum(F, S)))
+    choice = np.zeros(size.size)
+    for j in range(size.size - 1, -1, -1):
+        parent, y = back[j]
+        choice[j] = y[best]
+        best = int(parent[best])
+    return choice
 
 
 def balance(d: LayerDemand, profile: DeviceProfile, expert_bytes: int, free_slots: int,
             transfer_budget: float = float("inf"), milp_time_limit: float = 0.005,
-            exact_limit: int = EXACT_LIMIT) -> Assignment:
+            frontier_limit: int = FRONTIER_LIMIT) -> Assignment:
     t0 = time.perf_counter()
     if d.experts.size == 0:
         return Assignment((), (), (), 0.0, "trivial", time.perf_counter() - t0)
     keys, members = _classes(d)
     size = np.array([len(members[k]) for k in keys], dtype=np.float64)
     fast_cost, slow_cost, fetched, xfer = _costs(keys, profile, expert_bytes)
-    combos = int(np.prod(size + 1))
-    y, path = None, ""
-    if combos <= exact_limit:
-        grid = np.array(list(itertools.product(*[range(int(s) + 1) for s in size])), dtype=np.float64)
-        span, ok = _evaluate(grid, size, fast_cost, slow_cost, fetched, xfer, free_slots, transfer_budget)
-        span = np.where(ok, span, np.inf)
-        y, path = grid[int(np.argmin(span))], "exact"
-    else:
-        y = _milp(size, fast_cost, slow_cost, fetched, xfer, free_slots, transfer_budget, milp_time_limit)
+    one = profile.transfer(expert_bytes)
+    cap = int(free_slots) if not np.isfinite(transfer_budget) else int(min(free_slots, transfer_budget // one + 1e-9))
+    cap = max(cap, 0)
+    greedy = _greedy(size, fast_cost, slow_cost, fetched, xfer, cap, transfer_budget)
+    bound = max(float(greedy @ fast_cost), float((size - greedy) @ slow_cost)) * (1 + 1e-12) + 1e-15
+    y, path = _frontier(size, fast_cost, slow_cost, fetched, cap, frontier_limit, bound), "exact"
+    if y is None:
+        y = _milp(size, fast_cost, slow_cost, fetched, xfer, cap, transfer_budget, milp_time_limit)
         path = "milp"
         if y is None:
-            y, path = _greedy(size, fast_cost, slow_cost, fetched, xfer, free_slots, transfer_budget), "greedy"
+            y, path = greedy, "greedy"
     fast_ids, slow_ids, fetch_ids = [], [], []
     for j, k in enumerate(keys):
         take = int(round(y[j]))

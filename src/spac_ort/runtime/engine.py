@@ -125,7 +125,9 @@ class TieredExperts:
         n_evicted = self.table.counters.evictions
         slow = list(a.slow)
         for e in sorted(fetch):
-            slot = table.claim((layer, e), self.policy.rank, pin=True) if self.fast is not None else None
+            key = (layer, e)
+            slot = (table.claim(key, self.policy.rank, floor=self.policy.evict_floor(key), pin=True)
+                    if self.fast is not None else None)
             if slot is None:
                 slow.append(e)
                 st.fetch_fallback += 1

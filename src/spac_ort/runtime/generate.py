@@ -30,7 +30,7 @@ from ..budget import parse_budget
 from ..profile import DeviceProfile
 from .engine import TieredExperts
 from .experts import SessionPerExpert
-from .policies import SpacOptions, make_policy
+from .policies import Policy, SpacOptions, make_policy
 from .sampling import SamplingConfig, probabilities, sample, select
 from .sensor import RoutingRecorder, StepObserver, StepRecord
 from .sessions import CPU
@@ -66,7 +66,7 @@ class Generator:
     @classmethod
     def from_bundle(cls, path: Union[str, Path], *, verify: bool = False, draft: Optional[Union[str, Path]] = None,
                     providers: Sequence[str] = (CPU,), progress: Optional[Progress] = None,
-                    policy: Optional[str] = None, fast_budget: Union[str, int, None] = None,
+                    policy: Union[str, Policy, None] = None, fast_budget: Union[str, int, None] = None,
                     ram_budget: Union[str, int, None] = None, fast_providers: Sequence[str] = (CPU,),
                     profile: Optional[DeviceProfile] = None, spac: Optional[SpacOptions] = None,
                     synchronous_prefetch: bool = False) -> "Generator":
@@ -89,7 +89,7 @@ class Generator:
             experts = SessionPerExpert(bundle, manifest, providers,
                                        (lambda i, n: progress("load experts", i, n)) if progress else None)
         else:
-            pol = make_policy(policy, profile, spac)
+            pol = policy if isinstance(policy, Policy) else make_policy(policy, profile, spac)
             total = len(manifest.moe_layers()) * manifest.dims.num_experts * manifest.experts.data_size
             experts = TieredExperts(bundle, manifest, pol, _budget(fast_budget, total, "fast budget"),
                                     _budget(ram_budget, total, "RAM budget"), fast_providers, profile,

@@ -65,6 +65,10 @@ class Policy:
         """Eviction rank of a resident expert: lowest is evicted first (ties: LRU)."""
         return 0.0
 
+    def evict_floor(self, key: Key) -> float:
+        """An on-demand fetch of ``key`` may evict only occupants ranking below this."""
+        return float("inf")
+
     def assign(self, layer: int, d: LayerDemand, engine: "TieredExperts") -> Assignment:
         raise NotImplementedError
 
@@ -112,6 +116,26 @@ class SdStatic(Static):
     speculative = True
 
 
+class StaticTop(Policy):
+    """A static most-used set: the experts with the highest usage counts of a calibration
+    run fill the fast tier once (not in the CLI: it needs calibration counts)."""
+
+    name = "static-top"
+    speculative = True
+
+    def __init__(self, usage: np.ndarray):
+        self.usage = usage                      # [L, E] routed-token counts of a calibration run
+
+    def setup(self, engine):
+        layers = engine.manifest.moe_layers()
+        keys = [(l, e) for l in layers for e in range(self.usage.shape[1])]
+        keys.sort(key=lambda k: -self.usage[k])
+        engine.load_now(keys[: engine.num_slots])
+
+    def assign(self, layer, d, engine):
+        return Static.assign(self, layer, d, engine)
+
+
 @register("lru")
 class Lru(Policy):
     speculative = False
@@ -127,6 +151,7 @@ class Lru(Policy):
 class SpacOptions:
     utility: UtilityConfig = field(default_factory=UtilityConfig)
     estimator: bool = True        # off: levels = experts used in the last window (no inertia)
+    frequency_decay: float = 0.9  # tie-break within a level: decayed count of past windows (0: off)
     balancer: bool = True         # off: run fast iff resident, fetch when count >= fetch_threshold
     fetch_threshold: int = 2
 
@@ -144,9 +169,16 @@ class Spac(Policy):
     def setup(self, engine):
         m = engine.manifest
         self.state = UtilityState.zeros(m.dims.num_layers, m.dims.num_experts)
+        self.frequency = np.zeros((m.dims.num_layers, m.dims.num_experts))
+        self._rank = np.zeros_like(self.frequency)
 
     def rank(self, key: Key) -> float:
-        return float(self.state.levels[key]) if self.state is not None else 0.0
+        """Utility level; within a level, experts used more in past windows rank higher."""
+        return float(self._rank[key]) if self.state is not None else 0.0
+
+    def evict_floor(self, key: Key) -> float:
+        # same order as prefetch: never evict an expert of a higher level for this one
+        return float(self.state.levels[key]) + 1.0 if self.state is not None else float("inf")
 
     def assign(self, layer, d, engine):
         if not self.o.balancer:
@@ -163,8 +195,12 @@ class Spac(Policy):
             self.state = update(self.state, record.counts, record.tokens, self.o.utility)
         else:
             self.state = UtilityState((record.counts > 0).astype(np.int64))
+        if self.o.frequency_decay:
+            self.frequency = self.frequency * self.o.frequency_decay + record.counts
+        top = self.frequency.max(initial=0.0)
+        self._rank = self.state.levels + (0.99 * self.frequency / top if top > 0 else 0.0)
         if engine.prefetcher is not None:
-            engine.prefetcher.submit(prefetch_order(self.state.levels, record.counts), self.rank)
+            engine.prefetcher.submit(prefetch_order(self.state.levels, self.frequency), self.rank)
 
 
 def make_policy(name: str, profile: Optional[DeviceProfile] = None, spac: Optional[SpacOptions] = None) -> Policy:
