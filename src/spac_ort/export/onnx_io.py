@@ -14,7 +14,6 @@ from typing import Sequence
 import numpy as np
 import onnx
 import torch
-from onnx import numpy_helper
 
 from .. import naming
 from ..errors import SpacError
@@ -105,9 +104,3 @@ def write(template: Template, weights: dict[str, np.ndarray], graph_path: Path, 
 def module_weights(module: torch.nn.Module, names: Sequence[str]) -> dict[str, np.ndarray]:
     params = dict(module.named_parameters())
     return {n: params[n].detach().numpy() for n in names}
-
-
-def inline_constants(template: Template) -> dict[str, np.ndarray]:
-    """Non-weight initializers kept in the graph (shape constants, RoPE frequencies)."""
-    return {i.name: numpy_helper.to_array(i) for i in template.proto.graph.initializer
-            if i.name not in template.weight_names}

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from time import perf_counter
-from typing import Callable, Optional, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 

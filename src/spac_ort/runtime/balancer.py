@@ -24,7 +24,7 @@ from __future__ import annotations
 import itertools
 import time
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Optional
 
 import numpy as np
 
@@ -87,7 +87,7 @@ def _frontier(size, fast_cost, slow_cost, fetched, cap: int, limit: int, bound: 
         N = N[parent] + (y if fetched[j] else 0)
         order = np.lexsort((S, F, N))
         order = order[(N[order] <= cap) & (F[order] <= bound) & (S[order] <= bound)]
-        Fs, Ss, Ns = F[order], S[order], N[order]
+        Ss, Ns = S[order], N[order]
         new_group = np.r_[True, Ns[1:] != Ns[:-1]]
         # running minimum of S within each fetch-count group, excluding the point itself
         prev = np.r_[np.inf, Ss[:-1]]

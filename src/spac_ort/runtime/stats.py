@@ -6,7 +6,6 @@ Timers accumulate per piece kind; the hot loop only adds floats (no logging per 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from time import perf_counter
 from typing import Any, Optional
 
 
@@ -110,15 +109,3 @@ class RunReport:
         split = ", ".join(f"{k} {v / total:.0%} ({self.piece_calls.get(k, 0)} calls)" for k, v in parts)
         lines.append(f"time: {split}, other {self.orchestration_seconds / total:.0%}")
         return "\n".join(lines)
-
-
-class Stopwatch:
-    __slots__ = ("start",)
-
-    def __init__(self) -> None:
-        self.start = perf_counter()
-
-    def lap(self) -> float:
-        now = perf_counter()
-        dt, self.start = now - self.start, now
-        return dt
