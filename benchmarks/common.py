@@ -42,10 +42,15 @@ def ensure_bundle(name: str, out_root: Path, draft: bool = False) -> Path:
     from spac_ort.export import ExportOptions, export_bundle
     from spac_ort.manifest import load_manifest
 
+    from spac_ort.errors import ManifestError
+
     bundle = out_root / f"{name}-bundle"
     if (bundle / "spac-manifest.json").is_file():
-        if not draft or load_manifest(bundle).draft:
-            return bundle
+        try:
+            if not draft or load_manifest(bundle).draft:
+                return bundle
+        except ManifestError:      # written by an older spac-ort: export again
+            pass
     target, draft_dir = model_dirs(name)
     export_bundle(ExportOptions(target, bundle, force=True, draft_dir=draft_dir if draft else None))
     return bundle

@@ -85,3 +85,23 @@ def test_policy_option_errors(demo_bundle):
     fails("--policy", "spac", "--no-speculative", needle="needs speculative decoding")
     fails("--fast-budget", "10%", needle="need a placement policy")
     fails("--policy", "spac", "--ram-budget", "1KB", needle="--ram-budget of at least")
+
+
+@pytest.mark.parametrize("family", ["deepseek_v2", "deepseek_v3"])
+def test_deepseek_every_policy_token_identical(family, tmp_path):
+    from spac_ort.export import ExportOptions, export_bundle
+    from spac_ort.models import DEMO_DRAFT
+    from tests.tiny import build
+
+    src = build(family, tmp_path / "ckpt", topk_method="group_limited_greedy") if family == "deepseek_v2" \
+        else build(family, tmp_path / "ckpt")
+    export_bundle(ExportOptions(src, tmp_path / "bundle", draft_dir=DEMO_DRAFT))
+    ids = [0, 17, 923, 4000, 51, 7]
+    plain = list(Generator.from_bundle(tmp_path / "bundle").generate(ids, max_new_tokens=24, speculative=False))
+    for policy, budget in [("resident", None), ("cpu", "0%"), ("static", "50%"), ("sd-static", "50%"),
+                           ("lru", "40%"), ("spac", "20%")]:
+        gen = Generator.from_bundle(tmp_path / "bundle", policy=policy, fast_budget=budget)
+        try:
+            assert list(gen.generate(ids, max_new_tokens=24)) == plain, policy
+        finally:
+            gen.tiered.close()

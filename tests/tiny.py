@@ -18,7 +18,7 @@ COMMON = dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attenti
 
 
 def config_for(family: str, **overrides):
-    from transformers import MixtralConfig, OlmoeConfig, Qwen2MoeConfig, Qwen3MoeConfig
+    from transformers import DeepseekV2Config, DeepseekV3Config, MixtralConfig, OlmoeConfig, Qwen2MoeConfig, Qwen3MoeConfig
 
     if family == "qwen3_moe":
         cfg = Qwen3MoeConfig(**COMMON, head_dim=8, num_experts=8, num_experts_per_tok=2, moe_intermediate_size=16,
@@ -33,6 +33,18 @@ def config_for(family: str, **overrides):
     elif family == "olmoe":
         cfg = OlmoeConfig(**COMMON, num_experts=8, num_experts_per_tok=2, intermediate_size=16,
                           norm_topk_prob=False, clip_qkv=None, tie_word_embeddings=False)
+    elif family == "deepseek_v2":
+        cfg = DeepseekV2Config(**{**COMMON, "num_hidden_layers": 3}, kv_lora_rank=16, q_lora_rank=None,
+                               qk_nope_head_dim=8, qk_rope_head_dim=4, v_head_dim=8, n_routed_experts=8,
+                               num_experts_per_tok=2, moe_intermediate_size=16, n_shared_experts=2,
+                               first_k_dense_replace=1, intermediate_size=48, topk_method="greedy",
+                               n_group=4, topk_group=2, routed_scaling_factor=1.5, tie_word_embeddings=False)
+    elif family == "deepseek_v3":
+        cfg = DeepseekV3Config(**{**COMMON, "num_hidden_layers": 3}, kv_lora_rank=16, q_lora_rank=24,
+                               qk_nope_head_dim=8, qk_rope_head_dim=4, v_head_dim=8, n_routed_experts=8,
+                               num_experts_per_tok=2, moe_intermediate_size=16, n_shared_experts=1,
+                               first_k_dense_replace=1, intermediate_size=48, n_group=4, topk_group=2,
+                               routed_scaling_factor=2.5, norm_topk_prob=True, tie_word_embeddings=False)
     else:
         raise ValueError(family)
     for k, v in overrides.items():
@@ -50,6 +62,9 @@ def build(family: str, path: Path, seed: int = 0, fused: bool = False, **overrid
         for name, p in model.named_parameters():
             if "norm" not in name:
                 p.normal_(0.0, 0.2)
+        for name, buf in model.named_buffers():   # DeepSeek-V3 score-correction bias
+            if "e_score_correction_bias" in name:
+                buf.normal_(0.0, 0.1)
     model.save_pretrained(path, safe_serialization=True)
     shutil.copyfile(DEMO_TARGET / "tokenizer.json", path / "tokenizer.json")
     if fused:

@@ -27,6 +27,8 @@ class Family(str, Enum):
     QWEN2_MOE = "qwen2_moe"
     MIXTRAL = "mixtral"
     OLMOE = "olmoe"
+    DEEPSEEK_V2 = "deepseek_v2"
+    DEEPSEEK_V3 = "deepseek_v3"
 
 
 class DType(str, Enum):
@@ -35,6 +37,14 @@ class DType(str, Enum):
 
 class Scoring(str, Enum):
     SOFTMAX = "softmax"
+    SIGMOID = "sigmoid"
+
+
+class TopkMethod(str, Enum):
+    GREEDY = "greedy"                              # top-k over all experts
+    GROUP_LIMITED_GREEDY = "group_limited_greedy"  # top-k within the best topk_group of n_group groups
+    NOAUX_TC = "noaux_tc"          # groups ranked by their top-2 biased scores; experts chosen on
+                                   # score + e_score_correction_bias, weighted by the unbiased score
 
 
 class LayerKind(str, Enum):
@@ -55,12 +65,19 @@ class ModelDims:
     expert_intermediate: int
     shared_expert_intermediate: int   # 0: the family has no shared expert
     max_positions: int
+    cache_heads: int                  # KV cache per layer: past_key [1, cache_heads, P, cache_key_dim],
+    cache_key_dim: int                #   past_value [1, cache_heads, P, cache_value_dim]
+    cache_value_dim: int              #   (MLA caches the latent and the rotary key: 1 head)
 
 
 @dataclass(frozen=True)
 class Routing:
     scoring: Scoring
     norm_topk_prob: bool
+    topk_method: TopkMethod = TopkMethod.GREEDY
+    n_group: int = 1
+    topk_group: int = 1
+    routed_scaling_factor: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -220,7 +237,9 @@ def parse_manifest(data: Any, path: Path) -> Manifest:
             f"(reads version {SCHEMA_VERSION}); re-export the bundle with this spac-ort's spac-export")
     dims = r.sub("dims").ints(ModelDims, [f.name for f in dataclasses.fields(ModelDims)])
     rr = r.sub("routing")
-    routing = Routing(rr.enum("scoring", Scoring), rr.get("norm_topk_prob", bool))
+    routing = Routing(rr.enum("scoring", Scoring), rr.get("norm_topk_prob", bool), rr.enum("topk_method", TopkMethod),
+                      rr.get("n_group", int), rr.get("topk_group", int),
+                      float(rr.get("routed_scaling_factor", (int, float))))
     kinds_raw = r.get("layer_kinds", list)
     try:
         kinds = tuple(LayerKind(k) for k in kinds_raw)

@@ -15,6 +15,18 @@ def _size(n: float) -> str:
     return f"{n:.1f} GiB"
 
 
+def _routing(m: Manifest) -> str:
+    r = m.routing
+    parts = [r.scoring.value, r.topk_method.value]
+    if r.topk_method.value != "greedy":
+        parts.append(f"{r.topk_group} of {r.n_group} groups")
+    if r.norm_topk_prob:
+        parts.append("renormalised")
+    if r.routed_scaling_factor != 1.0:
+        parts.append(f"x {r.routed_scaling_factor:g}")
+    return ", ".join(parts)
+
+
 def summarize(bundle: Path, m: Manifest) -> str:
     d = m.dims
     moe = m.moe_layers()
@@ -26,9 +38,9 @@ def summarize(bundle: Path, m: Manifest) -> str:
         f"model       {m.family.value} (from {m.source_model_type}), {m.dtype.value}, opset {m.opset}, {m.producer}",
         f"layers      {d.num_layers} ({len(moe)} MoE, {d.num_layers - len(moe)} dense)",
         f"attention   hidden {d.hidden_size}, {d.num_heads} query / {d.num_kv_heads} KV heads x {d.head_dim}, "
-        f"max positions {d.max_positions}",
+        f"cache {d.cache_heads} x ({d.cache_key_dim} + {d.cache_value_dim}) per position, max positions {d.max_positions}",
         f"experts     {d.num_experts} per layer, top-{d.top_k}, intermediate {d.expert_intermediate}, "
-        f"routing {m.routing.scoring.value}{' + renormalised top-k' if m.routing.norm_topk_prob else ''}",
+        f"routing {_routing(m)}",
     ]
     if d.shared_expert_intermediate:
         lines.append(f"shared      one gated shared expert per MoE layer, intermediate {d.shared_expert_intermediate}")

@@ -21,6 +21,10 @@ CASES = {
     "mixtral": {},
     "olmoe": {},
     "olmoe-clip": {"clip_qkv": 0.5},
+    "deepseek_v2": {},
+    "deepseek_v2-qlora-grouped": {"q_lora_rank": 24, "topk_method": "group_limited_greedy"},
+    "deepseek_v3": {},
+    "deepseek_v3-halves": {"rope_interleave": False, "norm_topk_prob": False},
 }
 
 
@@ -42,6 +46,11 @@ def test_family_greedy_matches_transformers(case, tmp_path):
     assert manifest.family.value == family
     if "dense" in case:
         assert manifest.layer_kinds == (LayerKind.MOE, LayerKind.DENSE)
+    if "grouped" in case:
+        assert manifest.routing.topk_method.value == "group_limited_greedy"
+    if family.startswith("deepseek"):
+        assert manifest.layer_kinds == (LayerKind.DENSE, LayerKind.MOE, LayerKind.MOE)
+        assert (manifest.dims.cache_heads, manifest.dims.cache_key_dim, manifest.dims.cache_value_dim) == (1, 16, 4)
     gen = Generator.from_bundle(tmp_path / "bundle")
     rng = np.random.default_rng(7)
     for n in (1, 9, 23):

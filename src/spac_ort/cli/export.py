@@ -39,7 +39,7 @@ def export_cmd(model_dir: Optional[Path], out: Path, draft_dir: Optional[Path], 
                verbose: int, quiet: bool) -> None:
     """Export MODEL_DIR (default: the embedded demo model) into the bundle -o BUNDLE_DIR.
 
-    Supported: qwen3_moe, qwen2_moe, mixtral, olmoe. Also: `spac-export inspect BUNDLE_DIR`.
+    Supported: qwen3_moe, qwen2_moe, mixtral, olmoe, deepseek_v2, deepseek_v3. Also: `spac-export inspect BUNDLE_DIR`.
     """
     setup_logging(verbose, quiet)
     with user_errors():

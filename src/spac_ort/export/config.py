@@ -4,7 +4,7 @@ Hub convention (``num_experts``, ``rope_theta``) or the newer one (``num_local_e
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 from typing import Any, Optional
 
@@ -76,7 +76,9 @@ def layer_kinds(cfg: dict[str, Any], num_layers: int, num_experts: int) -> tuple
 
 def build_spec(cfg: dict[str, Any], family: Family, *, qk_norm: QKNorm, norm_topk_prob: bool,
                shared_expert_intermediate: int = 0, kinds: Optional[tuple[LayerKind, ...]] = None,
-               sliding_window: Optional[int] = None) -> ModelSpec:
+               sliding_window: Optional[int] = None, routing: Optional[Routing] = None,
+               cache: Optional[tuple[int, int, int]] = None) -> ModelSpec:
+    """``cache``: (heads, key dim, value dim) of the KV cache when it is not the GQA one."""
     hidden = int(first(cfg, "hidden_size"))
     heads = int(first(cfg, "num_attention_heads"))
     num_layers = int(first(cfg, "num_hidden_layers"))
@@ -93,12 +95,15 @@ def build_spec(cfg: dict[str, Any], family: Family, *, qk_norm: QKNorm, norm_top
         expert_intermediate=int(first(cfg, "moe_intermediate_size", "intermediate_size")),
         shared_expert_intermediate=shared_expert_intermediate,
         max_positions=int(first(cfg, "max_position_embeddings")),
+        cache_heads=0, cache_key_dim=0, cache_value_dim=0,
     )
+    heads_kv, key_dim, value_dim = cache or (dims.num_kv_heads, dims.head_dim, dims.head_dim)
+    dims = replace(dims, cache_heads=heads_kv, cache_key_dim=key_dim, cache_value_dim=value_dim)
     if dims.top_k > dims.num_experts:
         raise UnsupportedModelError(f"num_experts_per_tok {dims.top_k} exceeds the {experts} experts; fix config.json")
     return ModelSpec(
         family=family, model_type=str(cfg.get("model_type")), dims=dims,
-        routing=Routing(Scoring.SOFTMAX, norm_topk_prob),
+        routing=routing or Routing(Scoring.SOFTMAX, norm_topk_prob),
         attention=AttentionSpec(qk_norm=qk_norm, clip_qkv=cfg.get("clip_qkv"), rope_theta=rope_theta(cfg),
                                 rms_eps=float(first(cfg, "rms_norm_eps", default=1e-6)),
                                 sliding_window=sliding_window),

@@ -8,13 +8,16 @@ substitute another expert's weights into a traced graph. Activations are 3-D
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import torch
 from torch import nn
 
-from ..manifest import ModelDims, Routing
+from ..manifest import ModelDims, Routing, Scoring, TopkMethod
 from .adapters.base import AttentionWeights, SwiGLUWeights
+
+if TYPE_CHECKING:
+    from .adapters.deepseek import MLASpec, MLAWeights
 from .config import AttentionSpec, QKNorm
 
 
@@ -56,19 +59,46 @@ class SwiGLU(nn.Module):
 
 
 class Router(nn.Module):
-    """logits -> softmax (fp32) -> top-k -> optional renormalisation."""
+    """logits -> softmax (fp32) -> [group-limited] top-k -> optional renormalisation
+    -> optional scaling."""
 
-    def __init__(self, weight: torch.Tensor, top_k: int, routing: Routing):
+    def __init__(self, weight: torch.Tensor, top_k: int, routing: Routing, bias: Optional[torch.Tensor] = None):
         super().__init__()
         self.w_router = _param(weight.t())                # [H, E]
+        self.b_score = _param(bias) if bias is not None else None    # e_score_correction_bias [E]
         self.top_k = top_k
+        self.sigmoid = routing.scoring is Scoring.SIGMOID
         self.norm_topk_prob = routing.norm_topk_prob
+        self.method = routing.topk_method
+        self.n_group, self.topk_group = routing.n_group, routing.topk_group
+        self.scale = routing.routed_scaling_factor
+
+    def _group_mask(self, choice: torch.Tensor) -> torch.Tensor:
+        """Zero the scores outside the best ``topk_group`` of ``n_group`` expert groups."""
+        grouped = choice.reshape(1, -1, self.n_group, choice.shape[-1] // self.n_group)   # [1, T, G, E/G]
+        if self.method is TopkMethod.NOAUX_TC:
+            group_score = torch.topk(grouped, 2, dim=-1)[0].sum(dim=-1)                  # [1, T, G]
+        else:
+            group_score = grouped.max(dim=-1).values
+        best = torch.topk(group_score, self.topk_group, dim=-1)[1]                       # [1, T, topk_group]
+        keep = torch.zeros_like(group_score).scatter(-1, best, 1.0)
+        mask = keep[..., None].expand_as(grouped).reshape(choice.shape)
+        return choice.masked_fill(mask == 0, 0.0)
 
     def forward(self, normed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        probs = torch.softmax(normed @ self.w_router, dim=-1)       # [1, T, E]
-        weights, ids = torch.topk(probs, self.top_k, dim=-1)        # [1, T, A]
+        logits = normed @ self.w_router                                   # [1, T, E]
+        scores = torch.sigmoid(logits) if self.sigmoid else torch.softmax(logits, dim=-1)
+        choice = scores + self.b_score if self.b_score is not None else scores
+        if self.method is not TopkMethod.GREEDY:
+            choice = self._group_mask(choice)
+        weights, ids = torch.topk(choice, self.top_k, dim=-1)            # [1, T, A]
+        if self.b_score is not None:
+            weights = torch.gather(scores, -1, ids)                       # unbiased scores of the chosen
         if self.norm_topk_prob:
-            weights = weights / weights.sum(dim=-1, keepdim=True)
+            denom = weights.sum(dim=-1, keepdim=True)
+            weights = weights / (denom + 1e-20 if self.sigmoid else denom)
+        if self.scale != 1.0:
+            weights = weights * self.scale
         return weights, ids
 
 
@@ -155,3 +185,71 @@ class Attention(nn.Module):
             attn = attn + self.b_o
         out = hidden + attn
         return out, rms_norm(out, self.w_post_norm, self.eps), key, value
+
+
+class LatentAttention(nn.Module):
+    """Multi-head latent attention (DeepSeek-V2) with a compressed KV cache.
+
+    The cache holds, per position, the normalised latent c [1, 1, P, R] (past_key) and the
+    rotary key k_pe [1, 1, P, Dr] (past_value); per-head keys and values are expanded
+    from the latent with kv_b at every call. RoPE rotates interleaved pairs.
+    Legend: R kv_lora_rank, Dn nope head dim, Dr rope head dim, Dv value head dim.
+    """
+
+    def __init__(self, w: "MLAWeights", dims: ModelDims, spec: AttentionSpec, mla: "MLASpec"):
+        super().__init__()
+        self.interleaved = mla.rope_interleaved
+        self.nh, self.eps = dims.num_heads, spec.rms_eps
+        self.m = mla
+        self.w_input_norm = _param(w.input_norm)
+        self.w_post_norm = _param(w.post_norm)
+        self.w_q = _param(w.q.t()) if w.q is not None else None
+        self.w_q_a = _param(w.q_a.t()) if w.q_a is not None else None
+        self.w_q_a_norm = _param(w.q_a_norm) if w.q_a_norm is not None else None
+        self.w_q_b = _param(w.q_b.t()) if w.q_b is not None else None
+        self.w_kv_a = _param(w.kv_a.t())                    # [H, R + Dr]
+        self.w_kv_a_norm = _param(w.kv_a_norm)
+        self.w_kv_b = _param(w.kv_b.t())                    # [R, NH * (Dn + Dv)]
+        self.w_o = _param(w.o.t())
+        d = mla.rope_dim
+        inv_freq = 1.0 / (spec.rope_theta ** (torch.arange(0, d, 2, dtype=torch.int64).float() / d))
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+
+    def _rope(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """Rotate pairs: interleaved (x0, x1), (x2, x3) ... or halves (x_i, x_{i+D/2}).
+        q and k get the same layout, so their dot products are what the model computes."""
+        if self.interleaved:
+            a, b = x[..., 0::2], x[..., 1::2]
+        else:
+            half = x.shape[-1] // 2
+            a, b = x[..., :half], x[..., half:]
+        return torch.cat((a * cos - b * sin, a * sin + b * cos), dim=-1)
+
+    def forward(self, hidden, position_ids, past_key, past_value):
+        m, t = self.m, hidden.shape[1]
+        x = rms_norm(hidden, self.w_input_norm, self.eps)
+        if self.w_q is not None:
+            q = x @ self.w_q
+        else:
+            q = rms_norm(x @ self.w_q_a, self.w_q_a_norm, self.eps) @ self.w_q_b
+        q = q.view(1, t, self.nh, m.nope_dim + m.rope_dim).transpose(1, 2)            # [1, NH, T, Dn+Dr]
+        q_nope, q_pe = q[..., : m.nope_dim], q[..., m.nope_dim:]
+        kv = x @ self.w_kv_a                                                           # [1, T, R + Dr]
+        latent = rms_norm(kv[..., : m.kv_lora_rank], self.w_kv_a_norm, self.eps)[:, None]   # [1, 1, T, R]
+        k_pe = kv[..., m.kv_lora_rank:][:, None]                                       # [1, 1, T, Dr]
+        freqs = position_ids.to(torch.float32)[:, :, None] * self.inv_freq[None, None, :]   # [1, T, Dr/2]
+        cos, sin = freqs.cos()[:, None], freqs.sin()[:, None]
+        q_pe, k_pe = self._rope(q_pe, cos, sin), self._rope(k_pe, cos, sin)
+        latent_all = torch.cat((past_key, latent), dim=2)                              # [1, 1, S, R]
+        k_pe_all = torch.cat((past_value, k_pe), dim=2)                                # [1, 1, S, Dr]
+        s = latent_all.shape[2]
+        kvb = (latent_all[:, 0] @ self.w_kv_b).view(1, s, self.nh, m.nope_dim + m.v_dim).transpose(1, 2)
+        k_nope, v = kvb[..., : m.nope_dim], kvb[..., m.nope_dim:]                     # [1, NH, S, Dn], [.., Dv]
+        k = torch.cat((k_nope, k_pe_all.expand(1, self.nh, s, m.rope_dim)), dim=-1)
+        qq = torch.cat((q_nope, q_pe), dim=-1)
+        scores = (qq @ k.transpose(2, 3)) * ((m.nope_dim + m.rope_dim) ** -0.5)        # [1, NH, T, S]
+        q_pos = torch.arange(t)[:, None] + (s - t)
+        scores = scores.masked_fill(torch.arange(s)[None, :] > q_pos, float("-inf"))
+        attn = (torch.softmax(scores, dim=-1) @ v).transpose(1, 2).reshape(1, t, self.nh * m.v_dim) @ self.w_o
+        out = hidden + attn
+        return out, rms_norm(out, self.w_post_norm, self.eps), latent_all, k_pe_all

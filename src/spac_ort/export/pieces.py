@@ -17,7 +17,7 @@ from ..naming import PieceKind
 from ..runtime.sessions import Piece
 from . import onnx_io
 from .adapters.base import Adapter
-from .modules import Attention, Embed, Head, Router, SwiGLU
+from .modules import Embed, Head, Router, SwiGLU
 
 Progress = Callable[[str, int, int], None]
 
@@ -54,10 +54,10 @@ class PieceWriter:
         if kind is PieceKind.EMBED:
             return (torch.randint(0, d.vocab_size, (1, t), generator=g),)
         if kind is PieceKind.ATTENTION:
-            kv = (1, d.num_kv_heads, past, d.head_dim)
             return (torch.randn(1, t, d.hidden_size, generator=g),
                     torch.arange(past, past + t).reshape(1, t),
-                    torch.randn(*kv, generator=g), torch.randn(*kv, generator=g))
+                    torch.randn(1, d.cache_heads, past, d.cache_key_dim, generator=g),
+                    torch.randn(1, d.cache_heads, past, d.cache_value_dim, generator=g))
         return (torch.randn(1, t, d.hidden_size, generator=g),)
 
     # ---- one piece -----------------------------------------------------------------------
@@ -107,15 +107,14 @@ class PieceWriter:
         moe_layers = [i for i, k in enumerate(spec.layer_kinds) if k is LayerKind.MOE]
         total, done = len(moe_layers) * d.num_experts, 0
         for layer, kind in enumerate(spec.layer_kinds):
-            self.write(PieceKind.ATTENTION, Attention(a.attention(layer), d, spec.attention),
-                       naming.layer_piece(PieceKind.ATTENTION, layer))
+            self.write(PieceKind.ATTENTION, a.attention_module(layer), naming.layer_piece(PieceKind.ATTENTION, layer))
             if kind is LayerKind.DENSE:
                 self.write(PieceKind.DENSE_MLP, SwiGLU(a.dense_mlp(layer)),
                            naming.layer_piece(PieceKind.DENSE_MLP, layer))
                 graph_sha.append(())
                 data_sha.append(())
                 continue
-            self.write(PieceKind.ROUTER, Router(a.router(layer), d.top_k, spec.routing),
+            self.write(PieceKind.ROUTER, Router(a.router(layer), d.top_k, spec.routing, a.router_bias(layer)),
                        naming.layer_piece(PieceKind.ROUTER, layer))
             if d.shared_expert_intermediate:
                 mlp, gate = a.shared_expert(layer)

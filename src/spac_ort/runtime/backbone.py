@@ -57,7 +57,7 @@ class Backbone:
 
     def new_cache(self) -> KVCache:
         d = self.m.dims
-        return KVCache(d.num_layers, d.num_kv_heads, d.head_dim)
+        return KVCache(d.num_layers, d.cache_heads, d.cache_key_dim, d.cache_value_dim)
 
     def forward(self, ids: Sequence[int], cache: KVCache, last_only: bool = True) -> np.ndarray:
         """Run T new tokens; returns logits [T, V] (or [1, V] with ``last_only``)."""

@@ -6,10 +6,9 @@ import numpy as np
 
 
 class KVCache:
-    def __init__(self, num_layers: int, num_kv_heads: int, head_dim: int):
-        empty = np.zeros((1, num_kv_heads, 0, head_dim), dtype=np.float32)   # [1, KV, 0, D]
-        self.keys = [empty] * num_layers
-        self.values = [empty] * num_layers
+    def __init__(self, num_layers: int, num_kv_heads: int, head_dim: int, value_dim: int | None = None):
+        self.keys = [np.zeros((1, num_kv_heads, 0, head_dim), dtype=np.float32)] * num_layers       # [1, KV, 0, D]
+        self.values = [np.zeros((1, num_kv_heads, 0, value_dim or head_dim), dtype=np.float32)] * num_layers
 
     @property
     def length(self) -> int:

@@ -108,6 +108,10 @@ class Adapter:
             q_norm=self._opt(f"{a}.q_norm.weight"), k_norm=self._opt(f"{a}.k_norm.weight"),
         )
 
+    def attention_module(self, layer: int) -> torch.nn.Module:
+        from ..modules import Attention
+        return Attention(self.attention(layer), self.spec.dims, self.spec.attention)
+
     def moe_prefix(self, layer: int) -> str:
         for pre in self.moe_prefixes:
             name = f"model.layers.{layer}.{pre}"
@@ -118,6 +122,10 @@ class Adapter:
 
     def router(self, layer: int) -> torch.Tensor:
         return self.w.get(f"{self.moe_prefix(layer)}.gate.weight")   # [E, H]
+
+    def router_bias(self, layer: int) -> Optional[torch.Tensor]:
+        """Score-correction bias added to the scores for expert choice (None: the family has none)."""
+        return None
 
     def expert(self, layer: int, expert: int) -> SwiGLUWeights:
         moe = self.moe_prefix(layer)
