@@ -19,6 +19,7 @@ CASES = {
     "qwen3_moe-dense-layer": {"mlp_only_layers": [1]},
     "qwen2_moe": {},
     "mixtral": {},
+    "mixtral-window": {"sliding_window": 7},
     "olmoe": {},
     "olmoe-clip": {"clip_qkv": 0.5},
     "deepseek_v2": {},

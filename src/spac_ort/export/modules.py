@@ -140,13 +140,12 @@ class Attention(nn.Module):
         inv_freq = 1.0 / (spec.rope_theta ** (torch.arange(0, self.d, 2, dtype=torch.int64).float() / self.d))
         self.register_buffer("inv_freq", inv_freq, persistent=False)
 
-    @staticmethod
-    def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-        half = x.shape[-1] // 2
+    def _rotate_half(self, x: torch.Tensor) -> torch.Tensor:
+        half = self.d // 2                       # a constant: no shape arithmetic in the graph
         return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
     def forward(self, hidden, position_ids, past_key, past_value):
-        t = hidden.shape[1]
+        # Reshapes use -1 instead of T so the graph needs no shape arithmetic per call.
         x = rms_norm(hidden, self.w_input_norm, self.eps)
         q, k, v = x @ self.w_q, x @ self.w_k, x @ self.w_v              # [1, T, NH*D] ...
         if self.b_q is not None:
@@ -155,12 +154,12 @@ class Attention(nn.Module):
             q, k = rms_norm(q, self.w_q_norm, self.eps), rms_norm(k, self.w_k_norm, self.eps)
         if self.clip is not None:
             q, k, v = (z.clamp(-self.clip, self.clip) for z in (q, k, v))
-        q = q.view(1, t, self.nh, self.d)
-        k = k.view(1, t, self.kv, self.d)
+        q = q.reshape(1, -1, self.nh, self.d)
+        k = k.reshape(1, -1, self.kv, self.d)
         if self.qk_norm is QKNorm.PER_HEAD:
             q, k = rms_norm(q, self.w_q_norm, self.eps), rms_norm(k, self.w_k_norm, self.eps)
         q, k = q.transpose(1, 2), k.transpose(1, 2)                    # [1, NH, T, D], [1, KV, T, D]
-        v = v.view(1, t, self.kv, self.d).transpose(1, 2)
+        v = v.reshape(1, -1, self.kv, self.d).transpose(1, 2)
         freqs = position_ids.to(torch.float32)[:, :, None] * self.inv_freq[None, None, :]   # [1, T, D/2]
         emb = torch.cat((freqs, freqs), dim=-1)[:, None]                 # [1, 1, T, D]
         cos, sin = emb.cos(), emb.sin()
@@ -169,18 +168,18 @@ class Attention(nn.Module):
         key = torch.cat((past_key, k), dim=2)                            # [1, KV, S, D], S = P + T
         value = torch.cat((past_value, v), dim=2)
         rep = self.nh // self.kv
-        s = key.shape[2]
-        kk = key[:, :, None].expand(1, self.kv, rep, s, self.d).reshape(1, self.nh, s, self.d)
-        vv = value[:, :, None].expand(1, self.kv, rep, s, self.d).reshape(1, self.nh, s, self.d)
-        scores = (q @ kk.transpose(2, 3)) * (self.d ** -0.5)             # [1, NH, T, S]
-        q_pos = torch.arange(t)[:, None] + (s - t)
-        k_pos = torch.arange(s)[None, :]
+        # grouped-query attention without copying K/V: the rep query heads of a KV head
+        # become rows of one matrix [1, KV, rep*T, D]
+        qg = q.reshape(1, self.kv, -1, self.d)
+        scores = (qg @ key.transpose(2, 3)) * (self.d ** -0.5)           # [1, KV, rep*T, S]
+        k_pos = torch.arange(key.shape[2])[None, :]                      # [1, S]
+        q_pos = position_ids[0][:, None]                                 # [T, 1]: absolute positions
         blocked = k_pos > q_pos
         if self.window is not None:
             blocked = blocked | (k_pos <= q_pos - self.window)
-        scores = scores.masked_fill(blocked, float("-inf"))
-        attn = torch.softmax(scores, dim=-1) @ vv                        # [1, NH, T, D]
-        attn = attn.transpose(1, 2).reshape(1, t, self.nh * self.d) @ self.w_o
+        scores = scores.masked_fill(blocked.repeat(rep, 1), float("-inf"))
+        attn = torch.softmax(scores, dim=-1) @ value                     # [1, KV, rep*T, D]
+        attn = attn.reshape(1, self.nh, -1, self.d).transpose(1, 2).reshape(1, -1, self.nh * self.d) @ self.w_o
         if self.b_o is not None:
             attn = attn + self.b_o
         out = hidden + attn

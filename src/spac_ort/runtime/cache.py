@@ -16,8 +16,7 @@ for the consumer by construction (the reader pins before it runs and unpins afte
 from __future__ import annotations
 
 import threading
-from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
 from typing import Callable, Iterable, Optional
 
@@ -44,7 +43,6 @@ class CacheCounters:
     evictions: int = 0
     commits: int = 0
     aborts: int = 0
-    evicted: deque = field(default_factory=lambda: deque(maxlen=4096))   # most recent evictions
 
 
 class SlotTable:
@@ -104,6 +102,12 @@ class SlotTable:
         """Reserve a slot for ``key``. Victims are unpinned READY slots, lowest rank first
         (ties: least recently used); only occupants ranking strictly below ``floor`` may
         be evicted. With ``pin`` the slot starts pinned (for a reader waiting on it)."""
+        got = self.claim_evicting(key, rank, floor, pin)
+        return got[0] if got else None
+
+    def claim_evicting(self, key: Key, rank: Callable[[Key], float], floor: float = float("inf"),
+                       pin: bool = False) -> Optional[tuple[int, Optional[Key]]]:
+        """`claim`, also returning the evicted expert (None when the slot was empty)."""
         with self.lock:
             if key in self.where:
                 return None
@@ -119,16 +123,16 @@ class SlotTable:
             if best is None:
                 return None
             s = self.slots[best]
-            if s.key is not None:
-                del self.where[s.key]
+            victim = s.key
+            if victim is not None:
+                del self.where[victim]
                 self.counters.evictions += 1
-                self.counters.evicted.append(s.key)
             s.key, s.state, s.pins = key, SlotState.LOADING, 1 if pin else 0
             self._clock += 1
             s.last_use = self._clock
             self.where[key] = best
             self.counters.claims += 1
-            return best
+            return best, victim
 
     def commit(self, slot: int) -> None:
         with self.lock:

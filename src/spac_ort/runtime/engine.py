@@ -122,17 +122,19 @@ class TieredExperts:
         fetch = set(a.fetch)
         pinned = set(k[1] for k in table.pin((layer, e) for e in a.fast if e not in fetch))
         claimed: list[tuple[int, int]] = []
-        n_evicted = self.table.counters.evictions
+        victims: list[Key] = []
         slow = list(a.slow)
         for e in sorted(fetch):
             key = (layer, e)
-            slot = (table.claim(key, self.policy.rank, floor=self.policy.evict_floor(key), pin=True)
-                    if self.fast is not None else None)
-            if slot is None:
+            got = (table.claim_evicting(key, self.policy.rank, floor=self.policy.evict_floor(key), pin=True)
+                   if self.fast is not None else None)
+            if got is None:
                 slow.append(e)
                 st.fetch_fallback += 1
             else:
-                claimed.append((e, slot))
+                claimed.append((e, got[0]))
+                if got[1] is not None:
+                    victims.append(got[1])
         fast = sorted(pinned | {e for e, _ in claimed})
         # a resident expert that was evicted between the residency check and the pin runs slow
         slow += [e for e in a.fast if e not in fetch and e not in pinned]
@@ -164,9 +166,7 @@ class TieredExperts:
         if claimed:
             names.append(plan.add(f"L{layer}.fetch", "fast", fetch_all, deps=[route],
                                   experts=[e for e, _ in claimed]))
-            evicted = list(self.table.counters.evicted)[-(self.table.counters.evictions - n_evicted):] \
-                if self.table.counters.evictions > n_evicted else []
-            for prev_layer, _ in evicted:        # slot dependency: the evicted expert's last run
+            for prev_layer, _ in victims:        # slot dependency: the evicted expert's last run
                 node = f"L{prev_layer}.fast"
                 if prev_layer != layer and node in plan.graph:
                     plan.graph.add_edge(node, f"L{layer}.fetch")
