@@ -88,8 +88,9 @@ def fuse_experts(path: Path) -> None:
         out[f"{pre}.gate_up_proj"] = torch.stack(gate_up).contiguous()
         out[f"{pre}.down_proj"] = torch.stack([state[f"{pre}.{e}.down_proj.weight"] for e in range(n_exp)]).contiguous()
     save_file(out, str(path / "model.safetensors"), metadata={"format": "pt"})
-    cfg["num_local_experts"] = n_exp
+    cfg["num_local_experts"] = n_exp           # the newer config convention as well
     cfg.pop("num_experts", None)
+    cfg["rope_parameters"] = {"rope_theta": cfg.pop("rope_theta"), "rope_type": "default"}
     (path / "config.json").write_text(json.dumps(cfg))
 
 
