@@ -44,12 +44,24 @@ def test_exact_path_is_optimal(profile):
 
 
 @pytest.mark.parametrize("profile", [GPU, EVEN])
+def test_frontier_path_is_optimal(profile):
+    rng = np.random.default_rng(3)
+    for _ in range(60):
+        d = _demand(rng, int(rng.integers(1, 10)))
+        slots = int(rng.integers(0, 4))
+        a = balance(d, profile, 3_000_000, slots, enumerate_limit=0)
+        assert a.path == "exact"
+        _check(d, a, profile, 3_000_000, slots)
+        assert a.makespan == pytest.approx(brute_force(d, profile, 3_000_000, slots), rel=1e-9, abs=1e-12)
+
+
+@pytest.mark.parametrize("profile", [GPU, EVEN])
 def test_milp_path_is_optimal(profile):
     rng = np.random.default_rng(1)
     for _ in range(40):
         d = _demand(rng, int(rng.integers(6, 11)))
         slots = int(rng.integers(0, 4))
-        a = balance(d, profile, 3_000_000, slots, frontier_limit=0, milp_time_limit=1.0)
+        a = balance(d, profile, 3_000_000, slots, frontier_limit=0, enumerate_limit=0, milp_time_limit=1.0)
         assert a.path == "milp"
         _check(d, a, profile, 3_000_000, slots)
         assert a.makespan == pytest.approx(brute_force(d, profile, 3_000_000, slots), rel=1e-6, abs=1e-9)
@@ -59,7 +71,7 @@ def test_greedy_fallback_is_feasible_and_close():
     rng = np.random.default_rng(2)
     for _ in range(40):
         d = _demand(rng, int(rng.integers(4, 10)))
-        a = balance(d, GPU, 3_000_000, 2, frontier_limit=0, milp_time_limit=0.0)
+        a = balance(d, GPU, 3_000_000, 2, frontier_limit=0, enumerate_limit=0, milp_time_limit=0.0)
         assert a.path in ("greedy", "milp")
         _check(d, a, GPU, 3_000_000, 2)
         assert a.makespan <= 1.5 * brute_force(d, GPU, 3_000_000, 2) + 1e-12

@@ -12,8 +12,9 @@ subject to: fetched experts <= free fast slots, their transfer time <= the time 
 Experts with the same (tokens, resident) are interchangeable, so the problem is solved
 over classes: y_j = how many of class j run fast, integer in 0..size_j. Every expert has
 the same size, so the transfer-time limit is a cap on the number of fetches. Paths:
-``exact``: a dynamic program over classes that keeps the Pareto frontier of (fast load,
-slow load) per fetch count, exact and cheap while the frontier stays small; ``milp``:
+``exact``: every class combination when there are few, else a dynamic program over
+classes that keeps the Pareto frontier of (fast load, slow load) per fetch count, pruned
+by the greedy makespan; exact and cheap while the frontier stays small; ``milp``:
 scipy.optimize.milp (HiGHS) with a time limit when the frontier grows past
 ``frontier_limit``; ``greedy``: the fallback when the MILP finds nothing in time.
 Pure: no ORT, no threads.
@@ -31,6 +32,7 @@ import numpy as np
 from ..profile import DeviceProfile
 
 FRONTIER_LIMIT = 20000     # exact DP while the Pareto frontier stays at most this large
+ENUMERATE_LIMIT = 2048     # below this many class combinations, enumerate them all
 
 
 @dataclass(frozen=True)
@@ -111,7 +113,7 @@ def _frontier(size, fast_cost, slow_cost, fetched, cap: int, limit: int, bound: 
 
 def balance(d: LayerDemand, profile: DeviceProfile, expert_bytes: int, free_slots: int,
             transfer_budget: float = float("inf"), milp_time_limit: float = 0.005,
-            frontier_limit: int = FRONTIER_LIMIT) -> Assignment:
+            frontier_limit: int = FRONTIER_LIMIT, enumerate_limit: int = ENUMERATE_LIMIT) -> Assignment:
     t0 = time.perf_counter()
     if d.experts.size == 0:
         return Assignment((), (), (), 0.0, "trivial", time.perf_counter() - t0)
@@ -122,8 +124,12 @@ def balance(d: LayerDemand, profile: DeviceProfile, expert_bytes: int, free_slot
     cap = int(free_slots) if not np.isfinite(transfer_budget) else int(min(free_slots, transfer_budget // one + 1e-9))
     cap = max(cap, 0)
     greedy = _greedy(size, fast_cost, slow_cost, fetched, xfer, cap, transfer_budget)
-    bound = max(float(greedy @ fast_cost), float((size - greedy) @ slow_cost)) * (1 + 1e-12) + 1e-15
-    y, path = _frontier(size, fast_cost, slow_cost, fetched, cap, frontier_limit, bound), "exact"
+    if float(np.prod(size + 1)) <= enumerate_limit:
+        y = _enumerate(size, fast_cost, slow_cost, fetched, cap)
+    else:
+        bound = max(float(greedy @ fast_cost), float((size - greedy) @ slow_cost)) * (1 + 1e-12) + 1e-15
+        y = _frontier(size, fast_cost, slow_cost, fetched, cap, frontier_limit, bound)
+    path = "exact"
     if y is None:
         y = _milp(size, fast_cost, slow_cost, fetched, xfer, cap, transfer_budget, milp_time_limit)
         path = "milp"
@@ -165,25 +171,34 @@ def _milp(size, fast_cost, slow_cost, fetched, xfer, free_slots, transfer_budget
     return np.clip(np.round(res.x[:j]), 0, size)
 
 
-def _greedy(size, fast_cost, slow_cost, fetched, xfer, free_slots, transfer_budget) -> np.ndarray:
-    """Start all slow; move the unit with the best slow/fast ratio to the fast lane while
-    that lowers the makespan and the constraints hold."""
-    y = np.zeros_like(size)
-    slots, budget = float(free_slots), transfer_budget
-    order = np.argsort(-(slow_cost / fast_cost))
-    for j in order:
-        while y[j] < size[j]:
-            if fetched[j] and (slots < 1 or xfer[j] > budget):
+def _greedy(size, fast_cost, slow_cost, fetched, xfer, cap, transfer_budget) -> np.ndarray:
+    """Start all slow; move units to the fast lane in order of slow/fast cost ratio while
+    that does not raise the makespan and the fetch cap holds. Scalar arithmetic: J is small."""
+    n = size.size
+    y = [0] * n
+    sz, fc, sc, fe = size.tolist(), fast_cost.tolist(), slow_cost.tolist(), fetched.tolist()
+    fast, slow = 0.0, float(np.dot(size, slow_cost))
+    left = cap
+    for j in sorted(range(n), key=lambda j: -(sc[j] / fc[j])):
+        while y[j] < sz[j]:
+            if fe[j] and left < 1:
                 break
-            fast = y @ fast_cost + fast_cost[j]
-            slow = (size - y) @ slow_cost - slow_cost[j]
-            if max(fast, slow) > max(y @ fast_cost, (size - y) @ slow_cost):
+            nf, ns = fast + fc[j], slow - sc[j]
+            if max(nf, ns) > max(fast, slow):
                 break
             y[j] += 1
-            if fetched[j]:
-                slots -= 1
-                budget -= xfer[j]
-    return y
+            fast, slow = nf, ns
+            if fe[j]:
+                left -= 1
+    return np.array(y, dtype=np.float64)
+
+
+def _enumerate(size, fast_cost, slow_cost, fetched, cap) -> np.ndarray:
+    """Every class combination at once (small products only)."""
+    grid = np.indices(tuple(int(c) + 1 for c in size)).reshape(size.size, -1).T.astype(np.float64)   # [C, J]
+    span = np.maximum(grid @ fast_cost, (size - grid) @ slow_cost)
+    span[grid @ fetched.astype(np.float64) > cap] = np.inf
+    return grid[int(np.argmin(span))]
 
 
 def brute_force(d: LayerDemand, profile: DeviceProfile, expert_bytes: int, free_slots: int,
