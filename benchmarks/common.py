@@ -47,7 +47,8 @@ def ensure_bundle(name: str, out_root: Path, draft: bool = False) -> Path:
     bundle = out_root / f"{name}-bundle"
     if (bundle / "spac-manifest.json").is_file():
         try:
-            if not draft or load_manifest(bundle).draft:
+            manifest = load_manifest(bundle)
+            if not draft or manifest.draft:
                 return bundle
         except ManifestError:      # written by an older spac-ort: export again
             pass
