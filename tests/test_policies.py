@@ -105,3 +105,20 @@ def test_deepseek_every_policy_token_identical(family, tmp_path):
             assert list(gen.generate(ids, max_new_tokens=24)) == plain, policy
         finally:
             gen.tiered.close()
+
+
+def test_report_tiers_cover_one_run(demo_bundle):
+    gen = Generator.from_bundle(demo_bundle, policy="lru", fast_budget="10%")
+    try:
+        list(gen.generate("int main(void) {", max_new_tokens=12))
+        first = gen.report.tiers
+        list(gen.generate("int main(void) {", max_new_tokens=12))
+        second = gen.report.tiers
+        pairs = gen.tiered.stats.pairs
+        assert 0 < first["fetches_on_demand"] and 0 < second["fetches_on_demand"]
+        # the second report counts only its own run: both together make the lifetime total
+        m = gen.manifest.dims
+        assert gen.tiered.summary(1)["fetches_on_demand"] == first["fetches_on_demand"] + second["fetches_on_demand"]
+        assert pairs == 2 * (gen.report.prompt_tokens + 11) * m.num_layers * m.top_k
+    finally:
+        gen.tiered.close()

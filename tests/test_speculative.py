@@ -36,13 +36,13 @@ def _check_lossless(gen: Generator, prompts: list[dict], new_tokens: int) -> Non
 def test_demo_greedy_speculative_equals_plain(demo_bundle):
     gen = Generator.from_bundle(demo_bundle)
     assert gen.draft is not None
-    _check_lossless(gen, load_prompts()[::5], 48)          # 32 prompts, every domain
+    _check_lossless(gen, load_prompts()[::7], 48)          # 23 prompts, every domain
 
 
 @pytest.mark.refmodel
 def test_refmodel_greedy_speculative_equals_plain(ref_bundle):
     gen = Generator.from_bundle(ref_bundle)
-    _check_lossless(gen, _spread(load_prompts(), 2), 48)   # 16 prompts, 2 per domain
+    _check_lossless(gen, _spread(load_prompts(), 1), 48)   # 8 prompts, one per domain
 
 
 def test_eos_inside_a_window_stops_cleanly(demo_bundle):

@@ -219,29 +219,48 @@ class TieredExperts:
         self._snapshot = now
         return delta
 
-    def summary(self, new_tokens: int) -> dict:
-        st = self.stats
+    def mark(self) -> dict:
+        """A snapshot of the lifetime counters; `summary(since=mark)` reports one run."""
+        st, pf = self.stats, self.prefetcher.counters if self.prefetcher else None
+        return {"pairs": st.pairs, "pairs_hit": st.pairs_hit, "pairs_fast": st.pairs_fast,
+                "fetch_sync": st.fetch_sync, "fetch_fallback": st.fetch_fallback,
+                "paths": dict(st.balancer_paths), "n_balancer": len(st.balancer_seconds),
+                "layer_seconds": dict(st.layer_seconds), "prefetched": pf.fetched if pf else 0,
+                "n_delay": len(pf.queue_delay_s) if pf else 0, "evictions": self.table.counters.evictions,
+                "copied": self.fast.bytes_copied if self.fast else 0,
+                "storage": self.store.counters.storage_bytes}
+
+    def summary(self, new_tokens: int, since: Optional[dict] = None) -> dict:
+        """Tier counters since ``since`` (a `mark`; default: since the initial load)."""
+        now = self.mark()
+        base = since or {k: (0 if not isinstance(v, dict) else {}) for k, v in now.items()}
+        if since is None:
+            base["copied"] = self.setup_bytes
+        d = {k: now[k] - base[k] for k in now if not isinstance(now[k], dict)}
         pf = self.prefetcher.counters if self.prefetcher else None
-        moved = (self.fast.bytes_copied if self.fast else 0) - self.setup_bytes
+        st = self.stats
+        paths = {k: v - base["paths"].get(k, 0) for k, v in now["paths"].items() if v - base["paths"].get(k, 0)}
+        balancer = st.balancer_seconds[base["n_balancer"]:]
+        delays = pf.queue_delay_s[base["n_delay"]:] if pf else []
         return {
             "policy": self.policy.name,
             "fast_tier": "cpu stand-in" if self.stand_in else "accelerator",
             "fast_slots": self.num_slots,
-            "hit_rate": st.pairs_hit / st.pairs if st.pairs else 0.0,
-            "fast_share": st.pairs_fast / st.pairs if st.pairs else 0.0,
-            "fetches_on_demand": st.fetch_sync,
-            "fetches_prefetch": pf.fetched if pf else 0,
-            "fetch_fallbacks": st.fetch_fallback,
-            "evictions": self.table.counters.evictions,
+            "hit_rate": d["pairs_hit"] / d["pairs"] if d["pairs"] else 0.0,
+            "fast_share": d["pairs_fast"] / d["pairs"] if d["pairs"] else 0.0,
+            "fetches_on_demand": d["fetch_sync"],
+            "fetches_prefetch": d["prefetched"],
+            "fetch_fallbacks": d["fetch_fallback"],
+            "evictions": d["evictions"],
             "bytes_initial_load": self.setup_bytes,
-            "bytes_to_fast": moved,
-            "bytes_to_fast_per_token": moved / new_tokens if new_tokens else 0.0,
-            "storage_bytes": self.store.counters.storage_bytes,
-            "balancer_paths": dict(st.balancer_paths),
-            "balancer_median_us": statistics.median(st.balancer_seconds) * 1e6 if st.balancer_seconds else 0.0,
-            "prefetch_queue_delay_ms": (statistics.median(pf.queue_delay_s) * 1e3
-                                        if pf and pf.queue_delay_s else 0.0),
-            "layer_seconds": {str(k): v for k, v in sorted(st.layer_seconds.items())},
+            "bytes_to_fast": d["copied"],
+            "bytes_to_fast_per_token": d["copied"] / new_tokens if new_tokens else 0.0,
+            "storage_bytes": d["storage"],
+            "balancer_paths": paths,
+            "balancer_median_us": statistics.median(balancer) * 1e6 if balancer else 0.0,
+            "prefetch_queue_delay_ms": statistics.median(delays) * 1e3 if delays else 0.0,
+            "layer_seconds": {str(k): v - base["layer_seconds"].get(k, 0.0)
+                              for k, v in sorted(now["layer_seconds"].items())},
         }
 
     def close(self) -> None:

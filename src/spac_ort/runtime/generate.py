@@ -187,6 +187,7 @@ class Generator:
         bb, draft = self.backbone, self.draft
         bb.timers.reset()
         self._step = 0
+        tiers_mark = self.tiered.mark() if self.tiered is not None else None
         rng = np.random.default_rng(sampling.seed)
         eos = set(self.manifest.eos_token_ids) if stop_at_eos else set()
         report = self.report = RunReport(prompt_tokens=len(prompt), speculative=k > 0, draft_tokens=k)
@@ -208,7 +209,7 @@ class Generator:
             report.piece_seconds = dict(bb.timers.seconds)
             report.piece_calls = dict(bb.timers.calls)
             if self.tiered is not None:
-                report.tiers = self.tiered.summary(report.new_tokens)
+                report.tiers = self.tiered.summary(report.new_tokens, since=tiers_mark)
 
     def _decode(self, seq, pending, cache, dcache, max_new, limit, eos, sampling, rng, k, report) -> Iterator[int]:
         bb = self.backbone
