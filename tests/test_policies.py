@@ -122,3 +122,17 @@ def test_report_tiers_cover_one_run(demo_bundle):
         assert pairs == 2 * (gen.report.prompt_tokens + 11) * m.num_layers * m.top_k
     finally:
         gen.tiered.close()
+
+
+def test_calibrate_writes_a_usable_profile(demo_bundle, tmp_path):
+    from spac_ort.profile import DeviceProfile
+
+    out = tmp_path / "profile.json"
+    res = CliRunner().invoke(run_cli.main, [str(demo_bundle), "--calibrate", str(out)])
+    assert res.exit_code == 0, res.output
+    prof = DeviceProfile.load(out)
+    assert prof.fast_fixed_s + prof.fast_per_token_s > 0 and prof.slow_fixed_s + prof.slow_per_token_s > 0
+    assert prof.link_bytes_per_s > 1e6 and "stand-in" in prof.name
+    res = CliRunner().invoke(run_cli.main, [str(demo_bundle), "-p", "x", "-n", "6", "--policy", "spac",
+                                            "--fast-budget", "10%", "--profile", str(out)])
+    assert res.exit_code == 0, res.output

@@ -42,7 +42,8 @@ class DeviceProfile:
             data = json.loads(Path(path).read_text(encoding="utf-8"))
             return cls(**data)
         except (OSError, json.JSONDecodeError, TypeError) as exc:
-            raise ConfigError(f"cannot read device profile {path} ({exc}); write one with the calibrate step") from None
+            raise ConfigError(f"cannot read device profile {path} ({exc}); write one with "
+                              "spac-run BUNDLE --calibrate PROFILE.json") from None
 
 
 # Measured on a GPU host (ORT CUDA EP, Qwen3-30B-A3B expert size, fp16): ~65 us per

@@ -40,6 +40,8 @@ from .common import Progress, setup_logging, user_errors
 @click.option("--sync-prefetch", is_flag=True, help="spac: prefetch synchronously after each step (no overlap).")
 @click.option("--profile", "profile_path", type=click.Path(path_type=Path),
               help="Device profile JSON for the balancer's cost model.")
+@click.option("--calibrate", "calibrate_out", type=click.Path(path_type=Path),
+              help="Measure a device profile for this bundle on this machine, write it as JSON, and exit.")
 @click.option("--plan-out", type=click.Path(path_type=Path),
               help="Write the last verify step's plan graph with its critical path (.json or .dot).")
 @click.option("--verify", is_flag=True, help="Check every bundle file's sha256 before loading.")
@@ -51,7 +53,8 @@ def main(bundle: Path, prompt: Optional[str], prompt_file: Optional[Path], max_n
          temperature: float, top_k: int, top_p: float, seed: Optional[int], draft_tokens: int,
          no_speculative: bool, draft_dir: Optional[Path], trace: Optional[Path], policy: Optional[str],
          fast_budget: Optional[str], ram_budget: Optional[str], utility: str, sync_prefetch: bool,
-         profile_path: Optional[Path], plan_out: Optional[Path], verify: bool, as_json: bool,
+         profile_path: Optional[Path], calibrate_out: Optional[Path], plan_out: Optional[Path], verify: bool,
+         as_json: bool,
          verbose: int, quiet: bool) -> None:
     """Generate text from BUNDLE (written by spac-export). Text streams to stdout, the
     report goes to stderr."""
@@ -60,6 +63,16 @@ def main(bundle: Path, prompt: Optional[str], prompt_file: Optional[Path], max_n
         from ..errors import ConfigError, PromptError
         from ..runtime import Generator, SamplingConfig
 
+        if calibrate_out is not None:
+            from ..runtime.calibrate import calibrate
+
+            profile = calibrate(bundle)
+            profile.save(calibrate_out)
+            click.echo(f"wrote {calibrate_out}: fast {profile.fast_fixed_s * 1e6:.0f} us + "
+                       f"{profile.fast_per_token_s * 1e6:.1f} us/token, cpu {profile.slow_fixed_s * 1e6:.0f} us + "
+                       f"{profile.slow_per_token_s * 1e6:.1f} us/token, copies {profile.link_bytes_per_s / 1e9:.1f} GB/s"
+                       f" ({profile.name})", err=True)
+            return
         if prompt is not None and prompt_file is not None:
             raise ConfigError("pass either --prompt or --prompt-file, not both")
         if prompt_file is not None:

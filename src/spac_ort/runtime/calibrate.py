@@ -1,0 +1,58 @@
+"""Measure a `DeviceProfile` for a bundle on this machine: expert call time against
+tokens on the fast tier and on the CPU, and the host-to-fast-tier copy bandwidth."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from ..manifest import load_manifest
+from ..profile import DeviceProfile
+from .pools import HostPool, SlotPool
+from .sessions import CPU
+from .store import ExpertStore
+
+
+def _median_time(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _line(tokens: Sequence[int], seconds: Sequence[float]) -> tuple[float, float]:
+    """Least-squares fixed + per-token cost, both at least 0."""
+    slope, intercept = np.polyfit(np.asarray(tokens, float), np.asarray(seconds, float), 1)
+    return max(float(intercept), 0.0), max(float(slope), 0.0)
+
+
+def calibrate(bundle: Path, fast_providers: Sequence[str] = (CPU,), repeats: int = 50,
+              tokens: Sequence[int] = (1, 2, 4, 8, 16)) -> DeviceProfile:
+    m = load_manifest(bundle)
+    d = m.dims
+    store = ExpertStore(bundle, m)
+    layer = m.moe_layers()[0]
+    weights = store.get(layer, 0)
+    fast = SlotPool(1, d.hidden_size, d.expert_intermediate, fast_providers)
+    host = HostPool(d.hidden_size, d.expert_intermediate)
+    fast.load(0, weights)
+    rng = np.random.default_rng(0)
+    fast_t, slow_t = [], []
+    for t in tokens:
+        x = rng.standard_normal((1, t, d.hidden_size)).astype(np.float32)
+        fast.run(0, x)
+        host.run(x, weights)                                   # warm up
+        fast_t.append(_median_time(lambda: fast.run(0, x), repeats))
+        slow_t.append(_median_time(lambda: host.run(x, weights), repeats))
+    copy = _median_time(lambda: fast.load(0, weights), repeats)
+    nbytes = sum(w.nbytes for w in weights)
+    ff, fp = _line(tokens, fast_t)
+    sf, sp = _line(tokens, slow_t)
+    name = f"{'cpu stand-in' if fast.stand_in else fast_providers[0]} / cpu, measured"
+    return DeviceProfile(name, ff, fp, sf, sp, 0.0, nbytes / copy if copy > 0 else float("inf"))
