@@ -35,6 +35,8 @@ from .common import Progress, setup_logging, user_errors
                                     "('17%'). Default: all experts.")
 @click.option("--ram-budget", help="Host memory for expert weights, same units; the rest is read from the bundle "
                                    "on demand. Default: unlimited.")
+@click.option("--fast-provider", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
+              help="Execution provider of the fast tier (cpu: a second CPU pool stands in for an accelerator).")
 @click.option("--utility", type=click.Choice(["fixed", "scaled", "adaptive"]), default="fixed", show_default=True,
               help="spac: utility estimator mode.")
 @click.option("--sync-prefetch", is_flag=True, help="spac: prefetch synchronously after each step (no overlap).")
@@ -52,7 +54,8 @@ from .common import Progress, setup_logging, user_errors
 def main(bundle: Path, prompt: Optional[str], prompt_file: Optional[Path], max_new_tokens: int,
          temperature: float, top_k: int, top_p: float, seed: Optional[int], draft_tokens: int,
          no_speculative: bool, draft_dir: Optional[Path], trace: Optional[Path], policy: Optional[str],
-         fast_budget: Optional[str], ram_budget: Optional[str], utility: str, sync_prefetch: bool,
+         fast_budget: Optional[str], ram_budget: Optional[str], fast_provider: str, utility: str,
+         sync_prefetch: bool,
          profile_path: Optional[Path], calibrate_out: Optional[Path], plan_out: Optional[Path], verify: bool,
          as_json: bool,
          verbose: int, quiet: bool) -> None:
@@ -63,10 +66,12 @@ def main(bundle: Path, prompt: Optional[str], prompt_file: Optional[Path], max_n
         from ..errors import ConfigError, PromptError
         from ..runtime import Generator, SamplingConfig
 
+        from ..runtime.sessions import fast_providers
+
         if calibrate_out is not None:
             from ..runtime.calibrate import calibrate
 
-            profile = calibrate(bundle)
+            profile = calibrate(bundle, fast_providers(fast_provider))
             profile.save(calibrate_out)
             click.echo(f"wrote {calibrate_out}: fast {profile.fast_fixed_s * 1e6:.0f} us + "
                        f"{profile.fast_per_token_s * 1e6:.1f} us/token, cpu {profile.slow_fixed_s * 1e6:.0f} us + "
@@ -93,6 +98,7 @@ def main(bundle: Path, prompt: Optional[str], prompt_file: Optional[Path], max_n
             gen = Generator.from_bundle(
                 bundle, verify=verify, draft=draft_dir, progress=progress, policy=policy, fast_budget=fast_budget,
                 ram_budget=ram_budget, profile=DeviceProfile.load(profile_path) if profile_path else None,
+                fast_providers=fast_providers(fast_provider),
                 spac=SpacOptions(utility=UtilityConfig.for_mode(utility)), synchronous_prefetch=sync_prefetch)
         finally:
             progress.close()

@@ -17,10 +17,8 @@ import numpy as np
 from onnx import TensorProto, helper
 
 from .. import naming
-from .sessions import CPU, ort, session_options
+from .sessions import CPU, CUDA, ort, session_options
 from .store import WEIGHTS
-
-CUDA = "CUDAExecutionProvider"
 
 
 def swiglu_graph(hidden: int, inter: int) -> bytes:

@@ -11,9 +11,22 @@ import numpy as np
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 import onnxruntime as ort  # noqa: E402
 
-from ..errors import BundleError  # noqa: E402
+from ..errors import BundleError, ConfigError  # noqa: E402
 
 CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+
+
+def fast_providers(name: str) -> tuple[str, ...]:
+    """Provider list of the fast tier: "cpu" (a stand-in pool) or "cuda"."""
+    if name == "cpu":
+        return (CPU,)
+    if name == "cuda":
+        if CUDA not in ort.get_available_providers():
+            raise ConfigError("the CUDA execution provider is not available in this onnxruntime; "
+                              "install onnxruntime-gpu or use --fast-provider cpu")
+        return (CUDA, CPU)
+    raise ConfigError(f"unknown fast provider '{name}'; use cpu or cuda")
 
 
 def session_options(threads: int = 1) -> ort.SessionOptions:
