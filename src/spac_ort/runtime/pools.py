@@ -38,7 +38,10 @@ def swiglu_graph(hidden: int, inter: int) -> bytes:
         [vi(naming.NORMED, f, [1, "T", hidden]), vi("w_gate", f, [hidden, inter]), vi("w_up", f, [hidden, inter]),
          vi("w_down", f, [inter, hidden])],
         [vi(naming.FFN_OUT, f, [1, "T", hidden])])
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+    # IR version 8 (the one opset 17 came with): the installed onnx package would write its
+    # newest IR version, which older onnxruntime builds (phones, Jetson, CUDA) refuse
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    return model.SerializeToString()
 
 
 class HostPool:
