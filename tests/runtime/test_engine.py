@@ -109,3 +109,15 @@ def test_ram_budget_reads_from_storage(demo_bundle):
         assert np.array_equal(eng.run_layer(1, x, group_by_expert(ids, w)), ref.run_layer(1, x, group_by_expert(ids, w)))
     assert eng.store.resident_bytes() <= 8 * m.experts.data_size
     assert eng.store.counters.storage_reads > 64
+
+
+def test_graphs_use_an_ir_version_older_runtimes_read(demo_bundle):
+    """onnxruntime 1.30 (the CUDA build on the GPU host) reads IR <= 13; phones lag more."""
+    import onnx
+
+    from spac_ort.runtime.pools import swiglu_graph
+
+    assert onnx.load_from_string(swiglu_graph(8, 4)).ir_version == 8
+    for rel in ("embed.onnx", "head.onnx", "layers/000/attention.onnx", "layers/000/experts/000.onnx",
+                "draft/model.onnx"):
+        assert onnx.load(str(demo_bundle / rel), load_external_data=False).ir_version <= 10, rel
