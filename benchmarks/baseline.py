@@ -1,5 +1,6 @@
 """Baseline throughput: spac-run (all experts resident, CPU, fp32, greedy) against
-transformers' own fp32 ``generate`` on the same prompts, plus where spac-run's time goes.
+transformers' own fp32 ``generate`` on the same prompts, plus where spac-run's time goes,
+with both plain expert backends (grouped calls, the default; one session per expert).
 
     python benchmarks/baseline.py --model demo --model ref --per-domain 2 --new-tokens 128
 
@@ -52,9 +53,11 @@ def bench_model(name: str, prompts: list[dict], new_tokens: int, out_root: Path)
     from transformers import AutoModelForCausalLM
 
     bundle = ensure_bundle(name, out_root)
-    gen = Generator.from_bundle(bundle)
+    gen = Generator.from_bundle(bundle)                       # default: grouped expert calls
+    per_expert = Generator.from_bundle(bundle, experts="sessions")
     hf = AutoModelForCausalLM.from_pretrained(model_dirs(name)[0], dtype=torch.float32).eval()
     ours_e2e, ours_decode, hf_e2e, ort_share, calls_per_token, us_per_call = [], [], [], [], [], {}
+    sessions_e2e, sessions_calls, sessions_us = [], [], []
     for p in prompts:
         ids = gen.encode(p["prompt"])
         t0 = time.perf_counter()
@@ -66,6 +69,12 @@ def bench_model(name: str, prompts: list[dict], new_tokens: int, out_root: Path)
         calls_per_token.append(sum(r.piece_calls.values()) / n)
         for kind, secs in r.piece_seconds.items():
             us_per_call.setdefault(kind, []).append(secs / r.piece_calls[kind] * 1e6)
+        t0 = time.perf_counter()
+        m = len(list(per_expert.generate(ids, max_new_tokens=new_tokens, stop_at_eos=False, speculative=False)))
+        sessions_e2e.append(m / (time.perf_counter() - t0))
+        rs = per_expert.report
+        sessions_calls.append(sum(rs.piece_calls.values()) / m)
+        sessions_us.append(rs.piece_seconds["experts"] / rs.piece_calls["experts"] * 1e6)
         with torch.no_grad():
             t0 = time.perf_counter()
             out = hf.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
@@ -80,6 +89,8 @@ def bench_model(name: str, prompts: list[dict], new_tokens: int, out_root: Path)
         "transformers_tokens_per_s": med(hf_e2e), "speedup": med(ours_e2e) / med(hf_e2e),
         "ort_share": med(ort_share), "ort_calls_per_token": med(calls_per_token),
         "us_per_call": {k: med(v) for k, v in us_per_call.items()},
+        "sessions_tokens_per_s": med(sessions_e2e), "sessions_calls_per_token": med(sessions_calls),
+        "sessions_us_per_expert_call": med(sessions_us),
         "call_overhead_us": overhead,
         "overhead_share": med(calls_per_token) * overhead / per_token_us,
     }
@@ -103,6 +114,11 @@ def main() -> None:
                   r["transformers_tokens_per_s"], r["speedup"], f"{r['ort_share']:.0%}",
                   r["ort_calls_per_token"], r["call_overhead_us"], f"{r['overhead_share']:.0%}"]
                  for r in results]))
+    print()
+    print(table(["model", "grouped tok/s", "calls/token", "per-expert sessions tok/s", "calls/token",
+                 "us per expert call"],
+                [[r["model"], r["spac_tokens_per_s"], r["ort_calls_per_token"], r["sessions_tokens_per_s"],
+                  r["sessions_calls_per_token"], r["sessions_us_per_expert_call"]] for r in results]))
     print()
     kinds = sorted({k for r in results for k in r["us_per_call"]})
     print(table(["model", *[f"{k} us/call" for k in kinds]],

@@ -28,6 +28,9 @@ from .common import Progress, setup_logging, user_errors
               help="Use this optimum ONNX export directory as the draft instead of the bundle's.")
 @click.option("--trace", type=click.Path(path_type=Path),
               help="Write a JSONL trace: per target pass, proposed/accepted tokens and per-layer expert counts.")
+@click.option("--experts", "experts_backend", type=click.Choice(["grouped", "sessions"]), default="grouped",
+              show_default=True, help="Without --policy: run a layer's experts in one ORT call (grouped) or one "
+                                      "session per expert (sessions).")
 @click.option("--policy", type=click.Choice(["resident", "cpu", "static", "sd-static", "lru", "spac"]),
               help="Expert placement over a fast tier and the CPU (default: every expert resident in its own "
                    "CPU session).")
@@ -53,7 +56,8 @@ from .common import Progress, setup_logging, user_errors
 @click.option("-q", "--quiet", is_flag=True, help="No report on stderr.")
 def main(bundle: Path, prompt: Optional[str], prompt_file: Optional[Path], max_new_tokens: int,
          temperature: float, top_k: int, top_p: float, seed: Optional[int], draft_tokens: int,
-         no_speculative: bool, draft_dir: Optional[Path], trace: Optional[Path], policy: Optional[str],
+         no_speculative: bool, draft_dir: Optional[Path], trace: Optional[Path], experts_backend: str,
+         policy: Optional[str],
          fast_budget: Optional[str], ram_budget: Optional[str], fast_provider: str, utility: str,
          sync_prefetch: bool,
          profile_path: Optional[Path], calibrate_out: Optional[Path], plan_out: Optional[Path], verify: bool,
@@ -98,7 +102,7 @@ def main(bundle: Path, prompt: Optional[str], prompt_file: Optional[Path], max_n
             gen = Generator.from_bundle(
                 bundle, verify=verify, draft=draft_dir, progress=progress, policy=policy, fast_budget=fast_budget,
                 ram_budget=ram_budget, profile=DeviceProfile.load(profile_path) if profile_path else None,
-                fast_providers=fast_providers(fast_provider),
+                fast_providers=fast_providers(fast_provider), experts=experts_backend,
                 spac=SpacOptions(utility=UtilityConfig.for_mode(utility)), synchronous_prefetch=sync_prefetch)
         finally:
             progress.close()

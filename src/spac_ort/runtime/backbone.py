@@ -84,10 +84,11 @@ class Backbone:
                 for observe in self.observers:
                     observe(layer, topk, weights)
                 groups: list[ExpertGroup] = group_by_expert(topk, weights)
+                calls = self.experts.calls()
                 t4 = perf_counter()
-                ffn = self.experts.run_layer(layer, normed, groups)              # [1, T, H]
+                ffn = self.experts.run_layer(layer, normed, groups, ids=topk, weights=weights)   # [1, T, H]
                 t1 = perf_counter()
-                add("experts", t1 - t4, len(groups))
+                add("experts", t1 - t4, self.experts.calls() - calls)
                 if layer in self.shared:
                     (shared,) = self.shared[layer](normed)
                     ffn += shared

@@ -108,7 +108,8 @@ class TieredExperts:
             self.table.commit(slot)
 
     # ---- one layer ------------------------------------------------------------------------
-    def run_layer(self, layer: int, x: np.ndarray, groups: Sequence[ExpertGroup]) -> np.ndarray:
+    def run_layer(self, layer: int, x: np.ndarray, groups: Sequence[ExpertGroup],
+                  ids: Optional[np.ndarray] = None, weights: Optional[np.ndarray] = None) -> np.ndarray:
         t_start = time.perf_counter()
         st, table, plan = self.stats, self.table, self.plan
         experts = np.array([g.expert for g in groups], dtype=np.int64)

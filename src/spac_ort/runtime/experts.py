@@ -1,8 +1,9 @@
 """Expert execution backends behind one small interface.
 
 A backend runs one MoE layer's routed experts for a group of tokens and returns the
-weighted sum. The first backend holds one ORT session per expert with constant weights.
-Grouped execution (several experts per ORT call) plugs in behind the same interface.
+weighted sum. `SessionPerExpert` holds one ORT session per expert with constant weights
+(one call per active expert); `GroupedExperts` runs all of a layer's routed experts in
+one call over stacked weights; the tiered engine (engine.py) places experts on tiers.
 """
 
 from __future__ import annotations
@@ -21,8 +22,10 @@ log = logging.getLogger(__name__)
 
 
 class ExpertBackend(Protocol):
-    def run_layer(self, layer: int, x: np.ndarray, groups: Sequence[ExpertGroup]) -> np.ndarray:
-        """x: [1, T, H]; returns [1, T, H] = sum over groups of weight * expert(x[rows])."""
+    def run_layer(self, layer: int, x: np.ndarray, groups: Sequence[ExpertGroup],
+                  ids: Optional[np.ndarray] = None, weights: Optional[np.ndarray] = None) -> np.ndarray:
+        """x: [1, T, H]; returns [1, T, H] = sum over groups of weight * expert(x[rows]).
+        ``ids``/``weights`` are the router's [T, A] outputs the groups were made from."""
         ...
 
     def calls(self) -> int:
@@ -47,7 +50,8 @@ class SessionPerExpert:
                     progress(done, total)
         self._calls = 0
 
-    def run_layer(self, layer: int, x: np.ndarray, groups: Sequence[ExpertGroup]) -> np.ndarray:
+    def run_layer(self, layer: int, x: np.ndarray, groups: Sequence[ExpertGroup],
+                  ids: Optional[np.ndarray] = None, weights: Optional[np.ndarray] = None) -> np.ndarray:
         out = np.zeros_like(x)                                           # [1, T, H]
         t = x.shape[1]
         for g in groups:
@@ -56,6 +60,52 @@ class SessionPerExpert:
             out[:, g.rows] += y * g.weights[None, :, None]
         self._calls += len(groups)
         return out
+
+    def calls(self) -> int:
+        return self._calls
+
+
+class GroupedExperts:
+    """All experts resident in host memory; one ORT call runs a layer's routed experts
+    for up to ``chunk`` tokens (weights stacked per layer, bound as graph inputs)."""
+
+    def __init__(self, bundle: Path, manifest: Manifest, chunk: int = 64):
+        from .pools import grouped_swiglu_graph
+        from .sessions import ort, session_options
+        from .store import ExpertStore
+
+        d = manifest.dims
+        store = ExpertStore(bundle, manifest)
+        self.session = ort.InferenceSession(grouped_swiglu_graph(d.hidden_size, d.expert_intermediate, d.top_k),
+                                            session_options(), providers=[CPU])
+        self.weights: dict[int, list] = {}
+        for layer in manifest.moe_layers():
+            per_expert = [store.get(layer, e) for e in range(d.num_experts)]
+            stacked = [np.ascontiguousarray(np.stack([w[i] for w in per_expert])) for i in range(3)]
+            self.weights[layer] = [ort.OrtValue.ortvalue_from_numpy(w) for w in stacked]
+        self.chunk = chunk
+        self._calls = 0
+
+    def run_layer(self, layer: int, x: np.ndarray, groups: Sequence[ExpertGroup],
+                  ids: Optional[np.ndarray] = None, weights: Optional[np.ndarray] = None) -> np.ndarray:
+        assert ids is not None and weights is not None, "the grouped backend needs the router outputs"
+        order = np.argsort(ids, axis=1, kind="stable")                      # ascending expert id per token
+        ids = np.ascontiguousarray(np.take_along_axis(ids, order, axis=1))
+        weights = np.ascontiguousarray(np.take_along_axis(weights, order, axis=1).astype(np.float32))
+        outs = []
+        for start in range(0, x.shape[1], self.chunk):
+            stop = start + self.chunk
+            b = self.session.io_binding()
+            b.bind_cpu_input("normed", np.ascontiguousarray(x[:, start:stop]))
+            b.bind_cpu_input("expert_ids", ids[start:stop])
+            b.bind_cpu_input("pair_weights", weights[start:stop])
+            for name, value in zip(("w_gate", "w_up", "w_down"), self.weights[layer]):
+                b.bind_ortvalue_input(name, value)
+            b.bind_output("ffn_out")
+            self.session.run_with_iobinding(b)
+            outs.append(b.copy_outputs_to_cpu()[0])
+            self._calls += 1
+        return outs[0] if len(outs) == 1 else np.concatenate(outs, axis=1)
 
     def calls(self) -> int:
         return self._calls

@@ -29,7 +29,7 @@ from .draft import DraftModel, find_graph
 from ..budget import parse_budget
 from ..profile import DeviceProfile
 from .engine import TieredExperts
-from .experts import SessionPerExpert
+from .experts import GroupedExperts, SessionPerExpert
 from .policies import Policy, SpacOptions, make_policy
 from .sampling import SamplingConfig, probabilities, sample, select
 from .sensor import RoutingRecorder, StepObserver, StepRecord
@@ -69,11 +69,12 @@ class Generator:
                     policy: Union[str, Policy, None] = None, fast_budget: Union[str, int, None] = None,
                     ram_budget: Union[str, int, None] = None, fast_providers: Sequence[str] = (CPU,),
                     profile: Optional[DeviceProfile] = None, spac: Optional[SpacOptions] = None,
-                    synchronous_prefetch: bool = False) -> "Generator":
+                    synchronous_prefetch: bool = False, experts: str = "grouped") -> "Generator":
         """Load and validate a bundle. ``verify`` also checks every file's sha256.
         ``draft`` names an optimum ONNX export directory to use instead of the bundle's draft.
 
-        Without ``policy`` every expert is resident in its own CPU session. With a policy
+        Without ``policy`` every expert is resident on the CPU: ``experts="grouped"`` runs a
+        layer's routed experts in one ORT call, ``"sessions"`` one session per expert. With a policy
         (resident, cpu, static, sd-static, lru, spac) experts live in tiers: a fast tier of
         ``fast_budget`` ("2GiB", "17%", bytes; default: all experts), the CPU, and the
         bundle's files under ``ram_budget``."""
@@ -86,15 +87,20 @@ class Generator:
         if policy is None:
             if fast_budget is not None or ram_budget is not None:
                 raise ConfigError("memory budgets need a placement policy; pass --policy (e.g. spac)")
-            experts = SessionPerExpert(bundle, manifest, providers,
-                                       (lambda i, n: progress("load experts", i, n)) if progress else None)
+            if experts == "grouped":
+                backend = GroupedExperts(bundle, manifest)
+            elif experts == "sessions":
+                backend = SessionPerExpert(bundle, manifest, providers,
+                                           (lambda i, n: progress("load experts", i, n)) if progress else None)
+            else:
+                raise ConfigError(f"unknown expert backend '{experts}'; use grouped or sessions")
         else:
             pol = policy if isinstance(policy, Policy) else make_policy(policy, profile, spac)
             total = len(manifest.moe_layers()) * manifest.dims.num_experts * manifest.experts.data_size
-            experts = TieredExperts(bundle, manifest, pol, _budget(fast_budget, total, "fast budget"),
+            backend = TieredExperts(bundle, manifest, pol, _budget(fast_budget, total, "fast budget"),
                                     _budget(ram_budget, total, "RAM budget"), fast_providers, profile,
                                     synchronous_prefetch)
-        backbone = Backbone(bundle, manifest, experts, providers)
+        backbone = Backbone(bundle, manifest, backend, providers)
         tok = Tokenizer(bundle / manifest.tokenizer) if manifest.tokenizer else None
         draft_model = None
         if draft is not None:

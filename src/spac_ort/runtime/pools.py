@@ -87,3 +87,55 @@ class SlotPool:
         b.bind_output(naming.FFN_OUT)
         self.session.run_with_iobinding(b)
         return b.copy_outputs_to_cpu()[0]
+
+
+def grouped_swiglu_graph(hidden: int, inter: int, top_k: int) -> bytes:
+    """All routed experts of one layer in one call.
+
+    Inputs: normed [1, T, H]; expert_ids [T, A] (ascending per row); pair_weights [T, A];
+    the layer's stacked weights w_gate/w_up [E, H, I], w_down [E, I, H]. Each (token,
+    expert) pair gathers its expert's weights and runs the SwiGLU as a batched MatMul; a
+    token's A weighted outputs are added one after another in the row's order (ascending
+    expert id, the reference accumulation order).
+    """
+    f, i64 = TensorProto.FLOAT, TensorProto.INT64
+    vi = helper.make_tensor_value_info
+    const = helper.make_tensor
+    nodes = [
+        helper.make_node("Constant", [], ["shape_th"], value=const("shape_th", i64, [3], [-1, 1, hidden])),
+        helper.make_node("Constant", [], ["shape_p"], value=const("shape_p", i64, [1], [-1])),
+        helper.make_node("Constant", [], ["shape_pair"], value=const("shape_pair", i64, [3], [-1, 1, 1])),
+        helper.make_node("Constant", [], ["shape_tah"], value=const("shape_tah", i64, [3], [-1, top_k, hidden])),
+        helper.make_node("Constant", [], ["expand_a"], value=const("expand_a", i64, [3], [1, top_k, 1])),
+        helper.make_node("Constant", [], ["shape_out"], value=const("shape_out", i64, [3], [1, -1, hidden])),
+        helper.make_node("Reshape", [naming.NORMED, "shape_th"], ["x_t"]),          # [T, 1, H]
+        helper.make_node("Expand", ["x_t", "expand_a"], ["x_ta"]),                  # [T, A, H]
+        helper.make_node("Reshape", ["x_ta", "shape_th"], ["x_p"]),                 # [P, 1, H]
+        helper.make_node("Reshape", ["expert_ids", "shape_p"], ["ids_p"]),          # [P]
+        helper.make_node("Gather", ["w_gate", "ids_p"], ["wg"], axis=0),            # [P, H, I]
+        helper.make_node("Gather", ["w_up", "ids_p"], ["wu"], axis=0),
+        helper.make_node("Gather", ["w_down", "ids_p"], ["wd"], axis=0),            # [P, I, H]
+        helper.make_node("MatMul", ["x_p", "wg"], ["g"]),                           # [P, 1, I]
+        helper.make_node("Sigmoid", ["g"], ["s"]),
+        helper.make_node("Mul", ["g", "s"], ["a"]),
+        helper.make_node("MatMul", ["x_p", "wu"], ["u"]),
+        helper.make_node("Mul", ["a", "u"], ["h"]),
+        helper.make_node("MatMul", ["h", "wd"], ["y"]),                             # [P, 1, H]
+        helper.make_node("Reshape", ["pair_weights", "shape_pair"], ["w_p"]),       # [P, 1, 1]
+        helper.make_node("Mul", ["y", "w_p"], ["yw"]),
+        helper.make_node("Reshape", ["yw", "shape_tah"], ["y_tah"]),                # [T, A, H]
+        helper.make_node("Split", ["y_tah"], [f"y{a}" for a in range(top_k)], axis=1, num_outputs=top_k),
+    ]
+    acc = "y0"
+    for a in range(1, top_k):                                                      # ((y0 + y1) + y2) ...
+        nodes.append(helper.make_node("Add", [acc, f"y{a}"], [f"acc{a}"]))
+        acc = f"acc{a}"
+    nodes.append(helper.make_node("Reshape", [acc, "shape_out"], [naming.FFN_OUT]))  # [1, T, H]
+    graph = helper.make_graph(
+        nodes, "grouped_swiglu",
+        [vi(naming.NORMED, f, [1, "T", hidden]), vi("expert_ids", i64, ["T", top_k]),
+         vi("pair_weights", f, ["T", top_k]), vi("w_gate", f, ["E", hidden, inter]),
+         vi("w_up", f, ["E", hidden, inter]), vi("w_down", f, ["E", inter, hidden])],
+        [vi(naming.FFN_OUT, f, [1, "T", hidden])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=8)
+    return model.SerializeToString()
