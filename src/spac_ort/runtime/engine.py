@@ -32,7 +32,7 @@ from .plan import StepPlan
 from .policies import Policy
 from .pools import HostPool, SlotPool
 from .prefetch import Prefetcher
-from .routing import ExpertGroup
+from .routing import ExpertGroup, combine
 from .sensor import StepRecord
 from .sessions import CPU
 from .store import ExpertStore
@@ -180,9 +180,7 @@ class TieredExperts:
         finally:
             table.unpin((layer, e) for e in fast)
         t_combine = time.perf_counter()
-        out = np.zeros_like(x)                                             # [1, T, H]
-        for g in groups:                                                   # ascending expert id
-            out[:, g.rows] += results[g.expert] * g.weights[None, :, None]
+        out = combine(groups, results, x)                                  # [1, T, H]
         plan.record(f"L{layer}.combine", "host", time.perf_counter() - t_combine, deps=names or [route])
         self._last_combine = time.perf_counter()
         self._last_node = f"L{layer}.combine"

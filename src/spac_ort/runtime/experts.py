@@ -15,8 +15,10 @@ from typing import Callable, Optional, Protocol, Sequence
 import numpy as np
 
 from ..manifest import Manifest
-from .routing import ExpertGroup
-from .sessions import CPU, Piece
+from .pools import grouped_swiglu_graph
+from .routing import ExpertGroup, combine
+from .sessions import CPU, Piece, ort, session_options
+from .store import ExpertStore
 
 log = logging.getLogger(__name__)
 
@@ -52,14 +54,13 @@ class SessionPerExpert:
 
     def run_layer(self, layer: int, x: np.ndarray, groups: Sequence[ExpertGroup],
                   ids: Optional[np.ndarray] = None, weights: Optional[np.ndarray] = None) -> np.ndarray:
-        out = np.zeros_like(x)                                           # [1, T, H]
         t = x.shape[1]
+        outputs = {}
         for g in groups:
             xs = x if (t == 1 or g.rows.size == t and (g.rows == np.arange(t)).all()) else x[:, g.rows]
-            (y,) = self._pieces[(layer, g.expert)](np.ascontiguousarray(xs))   # [1, n, H]
-            out[:, g.rows] += y * g.weights[None, :, None]
+            (outputs[g.expert],) = self._pieces[(layer, g.expert)](np.ascontiguousarray(xs))   # [1, n, H]
         self._calls += len(groups)
-        return out
+        return combine(groups, outputs, x)
 
     def calls(self) -> int:
         return self._calls
@@ -70,10 +71,6 @@ class GroupedExperts:
     for up to ``chunk`` tokens (weights stacked per layer, bound as graph inputs)."""
 
     def __init__(self, bundle: Path, manifest: Manifest, chunk: int = 64):
-        from .pools import grouped_swiglu_graph
-        from .sessions import ort, session_options
-        from .store import ExpertStore
-
         d = manifest.dims
         store = ExpertStore(bundle, manifest)
         self.session = ort.InferenceSession(grouped_swiglu_graph(d.hidden_size, d.expert_intermediate, d.top_k),

@@ -38,3 +38,12 @@ def group_by_expert(ids: np.ndarray, weights: np.ndarray) -> list[ExpertGroup]:
 def expert_counts(ids: np.ndarray, num_experts: int) -> np.ndarray:
     """[E] number of tokens routed to each expert (the verify-window sensor)."""
     return np.bincount(ids.reshape(-1), minlength=num_experts)
+
+
+def combine(groups: list[ExpertGroup], outputs: dict[int, np.ndarray], like: np.ndarray) -> np.ndarray:
+    """[1, T, H] weighted sum of expert outputs per token, experts added in ascending id
+    order (the reference implementation's order). outputs[e]: [1, n_e, H]."""
+    out = np.zeros_like(like)
+    for g in groups:
+        out[:, g.rows] += outputs[g.expert] * g.weights[None, :, None]
+    return out

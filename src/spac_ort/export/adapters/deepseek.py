@@ -49,14 +49,19 @@ class MLAWeights:
 @register("deepseek_v2")
 class DeepseekV2Adapter(Adapter):
     family = Family.DEEPSEEK_V2
+    scoring = Scoring.SOFTMAX
+    topk_methods: tuple[str, ...] = ("greedy", "group_limited_greedy")     # the first is the default
+
+    def renormalise(self) -> bool:
+        return False            # transformers' DeepseekV2MoEGate never renormalises
 
     def routing(self) -> Routing:
         c = self.cfg
-        method = c.get("topk_method", "greedy")
-        if method not in ("greedy", "group_limited_greedy"):
-            raise UnsupportedModelError(f"deepseek_v2 topk_method '{method}' is not supported "
-                                        "(greedy, group_limited_greedy)")
-        return Routing(Scoring.SOFTMAX, False, TopkMethod(method), int(c.get("n_group") or 1),
+        method = c.get("topk_method", self.topk_methods[0])
+        if method not in self.topk_methods:
+            raise UnsupportedModelError(f"{self.family.value} topk_method '{method}' is not supported "
+                                        f"({', '.join(self.topk_methods)})")
+        return Routing(self.scoring, self.renormalise(), TopkMethod(method), int(c.get("n_group") or 1),
                        int(c.get("topk_group") or 1), float(c.get("routed_scaling_factor") or 1.0))
 
     def build_spec(self) -> ModelSpec:
@@ -98,15 +103,11 @@ class DeepseekV2Adapter(Adapter):
 @register("deepseek_v3")
 class DeepseekV3Adapter(DeepseekV2Adapter):
     family = Family.DEEPSEEK_V3
+    scoring = Scoring.SIGMOID
+    topk_methods = ("noaux_tc",)
 
-    def routing(self) -> Routing:
-        c = self.cfg
-        method = c.get("topk_method", "noaux_tc")
-        if method != "noaux_tc":
-            raise UnsupportedModelError(f"deepseek_v3 topk_method '{method}' is not supported (noaux_tc)")
-        return Routing(Scoring.SIGMOID, bool(c.get("norm_topk_prob", False)), TopkMethod.NOAUX_TC,
-                       int(c.get("n_group") or 1), int(c.get("topk_group") or 1),
-                       float(c.get("routed_scaling_factor") or 1.0))
+    def renormalise(self) -> bool:
+        return bool(self.cfg.get("norm_topk_prob", False))
 
     def router_bias(self, layer: int) -> Optional[torch.Tensor]:
         return self._opt(f"{self.moe_prefix(layer)}.gate.e_score_correction_bias")
