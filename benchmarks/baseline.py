@@ -2,7 +2,7 @@
 transformers' own fp32 ``generate`` on the same prompts, plus where spac-run's time goes,
 with both plain expert backends (grouped calls, the default; one session per expert).
 
-    python benchmarks/baseline.py --model demo --model ref --per-domain 2 --new-tokens 128
+    python -m benchmarks.baseline --model demo --model ref --per-domain 2 --new-tokens 128
 
 Prints a table and writes JSON (``--out``).
 """
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from common import ROOT, ensure_bundle, load_prompts, machine, model_dirs, table
+from benchmarks.common import ROOT, ensure_bundle, load_prompts, machine, model_dirs, table
 from spac_ort.runtime import Generator
 
 

@@ -1,7 +1,7 @@
 """Speculative decoding on the reference model: acceptance and throughput per domain, and
 how many distinct experts a verify window touches per layer as K grows (expert reuse).
 
-    python benchmarks/speculative.py --new-tokens 128 --sweep-per-domain 2
+    python -m benchmarks.speculative --new-tokens 128 --sweep-per-domain 2
 
 CPU, fp32, greedy, all experts resident. Prints tables, writes JSON and a plot.
 """
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import ROOT, ensure_bundle, load_prompts, machine, table
+from benchmarks.common import ROOT, ensure_bundle, load_prompts, machine, table
 from spac_ort.runtime import Generator
 from spac_ort.runtime.sensor import StepRecord
 

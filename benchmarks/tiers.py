@@ -2,7 +2,7 @@
 equal fast budgets, for spac, lru and a static most-used set, plus spac's ablations; and
 the balancer's decision time.
 
-    python benchmarks/tiers.py --budgets 5 10 17 30 --per-domain 1 --new-tokens 64
+    python -m benchmarks.tiers --budgets 5 10 17 30 --per-domain 1 --new-tokens 64
 
 The fast tier is a CPU stand-in on this machine, so the numbers are counts and bytes, not
 times. spac's balancer costs experts as Qwen3-30B-A3B experts on a PCIe 4.0 GPU host (the
@@ -21,12 +21,13 @@ from pathlib import Path
 
 import numpy as np
 
-from common import ROOT, ensure_bundle, load_prompts, machine, table
+from benchmarks.common import ROOT, ensure_bundle, load_prompts, machine, table
 from spac_ort.profile import DeviceProfile
 from spac_ort.runtime import Generator
-from spac_ort.runtime.balancer import LayerDemand, balance
-from spac_ort.runtime.policies import Spac, SpacOptions, StaticTop
-from spac_ort.runtime.utility import UtilityConfig
+from spac_ort.runtime.config import TierConfig
+from spac_ort.runtime.spac.balancer import LayerDemand, balance
+from spac_ort.runtime.spac.policies import Spac, SpacOptions, StaticTop
+from spac_ort.runtime.spac.utility import UtilityConfig
 
 QWEN3_EXPERT_BYTES = 3 * 2048 * 768 * 2          # fp16 expert of Qwen3-30B-A3B
 
@@ -45,22 +46,21 @@ def calibrate(bundle: Path, prompts: list[dict], new_tokens: int) -> np.ndarray:
     return usage
 
 
-def run(bundle, policy, budget, prompts, new_tokens, sync=False) -> dict:
-    gen = Generator.from_bundle(bundle, policy=policy, fast_budget=f"{budget}%", synchronous_prefetch=sync)
+def run(bundle, policy, budget, prompts, new_tokens, profile, sync=False) -> dict:
+    tiers = TierConfig(policy, f"{budget}%", profile=profile, overlap=not sync)
     agg = {"pairs": 0, "hit": 0, "fast": 0, "bytes": 0, "tokens": 0, "prefetch": 0, "demand": 0, "evict": 0}
-    try:
+    with Generator.from_bundle(bundle, tiers=tiers) as gen:
+        tier = gen.experts
         for p in prompts:
-            list(gen.generate(p["prompt"], max_new_tokens=new_tokens, stop_at_eos=False))
-            if gen.tiered.prefetcher:
-                gen.tiered.prefetcher.drain()
-        st = gen.tiered.stats
-        s = gen.tiered.summary(1)
+            list(gen.generate(p["prompt"], max_new_tokens=new_tokens, stop_at_eos=False, draft_tokens=4))
+            if tier.prefetcher:
+                tier.prefetcher.drain()
+        st = tier.counters
+        s = tier.summary(1)
         agg.update(pairs=st.pairs, hit=st.pairs_hit, fast=st.pairs_fast, bytes=s["bytes_to_fast"],
                    prefetch=s["fetches_prefetch"], demand=s["fetches_on_demand"], evict=s["evictions"],
                    balancer=s["balancer_paths"])
         tokens = len(prompts) * new_tokens
-    finally:
-        gen.tiered.close()
     return {"hit_rate": agg["hit"] / agg["pairs"], "fast_share": agg["fast"] / agg["pairs"],
             "bytes_per_token": agg["bytes"] / tokens, "prefetched": agg["prefetch"], "on_demand": agg["demand"],
             "evictions": agg["evict"], "balancer": agg.get("balancer", {})}
@@ -105,10 +105,10 @@ def main() -> None:
     configs = {
         "lru": lambda: "lru",
         "static most-used": lambda: StaticTop(usage),
-        "spac": lambda: Spac(SpacOptions(utility=scaled), prof),
-        "spac, estimator off": lambda: Spac(SpacOptions(utility=scaled, estimator=False), prof),
-        "spac, fixed threshold": lambda: Spac(SpacOptions(utility=scaled, balancer=False), prof),
-        "spac, sync prefetch": lambda: (Spac(SpacOptions(utility=scaled), prof), True),
+        "spac": lambda: Spac(SpacOptions(utility=scaled)),
+        "spac, estimator off": lambda: Spac(SpacOptions(utility=scaled, estimator=False)),
+        "spac, fixed threshold": lambda: Spac(SpacOptions(utility=scaled, balancer=False)),
+        "spac, sync prefetch": lambda: (Spac(SpacOptions(utility=scaled)), True),
     }
     results = []
     t0 = time.time()
@@ -118,13 +118,13 @@ def main() -> None:
             sync = False
             if isinstance(pol, tuple):
                 pol, sync = pol
-            r = run(bundle, pol, budget, prompts, args.new_tokens, sync)
+            r = run(bundle, pol, budget, prompts, args.new_tokens, prof, sync)
             r.update(config=name, budget_pct=budget)
             results.append(r)
             print(f"[{time.time() - t0:6.0f}s] {budget:>4}% {name:<24} hit {r['hit_rate']:.1%}", flush=True)
     modes = []
     for mode in ("fixed", "scaled", "adaptive"):
-        r = run(bundle, Spac(SpacOptions(utility=UtilityConfig.for_mode(mode)), prof), 17, prompts, args.new_tokens)
+        r = run(bundle, Spac(SpacOptions(utility=UtilityConfig.for_mode(mode))), 17, prompts, args.new_tokens, prof)
         r.update(config=f"spac, utility {mode}", budget_pct=17)
         modes.append(r)
     print()

@@ -27,6 +27,16 @@ def load_prompts() -> list[dict]:
     return [json.loads(line) for line in PROMPTS.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
+def spread(prompts: list[dict], per_domain: int) -> list[dict]:
+    """The first ``per_domain`` prompts of every domain."""
+    picked: dict[str, list[dict]] = {}
+    for p in prompts:
+        picked.setdefault(p["domain"], [])
+        if len(picked[p["domain"]]) < per_domain:
+            picked[p["domain"]].append(p)
+    return [p for group in picked.values() for p in group]
+
+
 @pytest.fixture(scope="session")
 def demo_bundle(tmp_path_factory) -> Path:
     from spac_ort.export import ExportOptions, export_bundle

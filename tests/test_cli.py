@@ -46,7 +46,8 @@ def test_eos_stops_generation(demo_bundle):
     # find a prompt the model ends quickly: force by sampling until EOS appears within budget
     for seed in range(200):
         from spac_ort.runtime import SamplingConfig
-        toks = list(gen.generate("x", max_new_tokens=40, sampling=SamplingConfig(temperature=1.5, seed=seed)))
+        toks = list(gen.generate("x", max_new_tokens=40, sampling=SamplingConfig(temperature=1.5, seed=seed),
+                                 speculative=False))
         if toks[-1] == eos:
             assert eos not in toks[:-1]
             assert gen.report.stop_reason == "eos"

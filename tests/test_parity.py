@@ -7,7 +7,7 @@ import torch
 
 from spac_ort.models import DEMO_TARGET
 from spac_ort.runtime import Generator
-from tests.conftest import load_prompts
+from tests.conftest import load_prompts, spread
 from tests.tiny import hf_generate
 
 NEW_TOKENS = 64
@@ -17,15 +17,6 @@ def _hf(model_dir):
     from transformers import AutoModelForCausalLM
 
     return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-
-
-def _spread(prompts: list[dict], per_domain: int) -> list[dict]:
-    picked: dict[str, list[dict]] = {}
-    for p in prompts:
-        picked.setdefault(p["domain"], [])
-        if len(picked[p["domain"]]) < per_domain:
-            picked[p["domain"]].append(p)
-    return [p for group in picked.values() for p in group]
 
 
 def test_tokenizer_matches_transformers(demo_bundle):
@@ -53,7 +44,7 @@ def test_demo_all_prompts_token_identical(demo_bundle):
 
 @pytest.mark.refmodel
 def test_refmodel_prompts_token_identical(ref_bundle, refmodel):
-    prompts = _spread(load_prompts(), per_domain=2)
+    prompts = spread(load_prompts(), per_domain=2)
     assert len({p["domain"] for p in prompts}) == 8 and len(prompts) == 16
     gen = Generator.from_bundle(ref_bundle)
     model = _hf(refmodel / "target")

@@ -10,10 +10,10 @@ from click.testing import CliRunner
 
 from spac_ort.cli import run as run_cli
 from spac_ort.runtime import Generator
-from spac_ort.runtime.policies import SpacOptions
-from spac_ort.runtime.utility import UtilityConfig
-from tests.conftest import load_prompts
-from tests.test_parity import _spread
+from spac_ort.runtime.config import TierConfig
+from spac_ort.runtime.spac.policies import SpacOptions
+from spac_ort.runtime.spac.utility import UtilityConfig
+from tests.conftest import load_prompts, spread
 
 CASES = [("resident", None), ("cpu", "0%"), ("static", "30%"), ("static", "80%"), ("sd-static", "50%"),
          ("lru", "5%"), ("lru", "30%"), ("spac", "5%"), ("spac", "17%"), ("spac", "60%")]
@@ -24,13 +24,12 @@ def _outputs(gen, prompts, n):
 
 
 def test_demo_every_policy_and_budget_token_identical(demo_bundle):
-    prompts = _spread(load_prompts(), 1)[::2]
+    prompts = spread(load_prompts(), 1)[::2]
     plain = _outputs(Generator.from_bundle(demo_bundle), prompts, 32)
     for policy, budget in CASES:
         for mode in (("fixed", "scaled", "adaptive") if policy == "spac" else ("fixed",)):
-            gen = Generator.from_bundle(demo_bundle, policy=policy, fast_budget=budget,
-                                        spac=SpacOptions(utility=UtilityConfig.for_mode(mode)))
-            try:
+            tiers = TierConfig(policy, budget, spac=SpacOptions(utility=UtilityConfig.for_mode(mode)))
+            with Generator.from_bundle(demo_bundle, tiers=tiers) as gen:
                 assert _outputs(gen, prompts, 32) == plain, f"{policy} {budget} {mode}"
                 t = gen.report.tiers
                 assert t["policy"] == policy and 0.0 <= t["hit_rate"] <= 1.0
@@ -38,21 +37,16 @@ def test_demo_every_policy_and_budget_token_identical(demo_bundle):
                     assert t["hit_rate"] == 1.0
                 if policy == "cpu":
                     assert t["fast_share"] == 0.0
-            finally:
-                gen.tiered.close()
 
 
 @pytest.mark.refmodel
 def test_refmodel_policies_token_identical(ref_bundle):
-    prompts = _spread(load_prompts(), 1)[1::3]
+    prompts = spread(load_prompts(), 1)[1::3]
     plain = _outputs(Generator.from_bundle(ref_bundle), prompts, 32)
     for policy, budget in [("spac", "10%"), ("lru", "10%"), ("sd-static", "30%")]:
-        gen = Generator.from_bundle(ref_bundle, policy=policy, fast_budget=budget,
-                                    spac=SpacOptions(utility=UtilityConfig.for_mode("scaled")))
-        try:
+        tiers = TierConfig(policy, budget, spac=SpacOptions(utility=UtilityConfig.for_mode("scaled")))
+        with Generator.from_bundle(ref_bundle, tiers=tiers) as gen:
             assert _outputs(gen, prompts, 32) == plain, policy
-        finally:
-            gen.tiered.close()
 
 
 def test_cli_policy_report_trace_and_plan(demo_bundle, tmp_path):
@@ -69,7 +63,7 @@ def test_cli_policy_report_trace_and_plan(demo_bundle, tmp_path):
     plan = json.loads(plan_json.read_text())
     names = {n["id"] for n in plan["nodes"]}
     assert "draft" in names and "L0.route" in names and "L3.combine" in names
-    assert plan["critical_path"][0] == "draft" and plan["critical_path"][-1] == "L3.combine"
+    assert plan["critical_path"][0] == "draft" and plan["critical_path"][-1] == "head" and plan["kind"] == "verify"
     res = CliRunner().invoke(run_cli.main, [str(demo_bundle), "-p", "x", "-n", "8", "--policy", "lru",
                                             "--fast-budget", "10%", "--plan-out", str(plan_dot)])
     assert res.exit_code == 0, res.output
@@ -100,28 +94,22 @@ def test_deepseek_every_policy_token_identical(family, tmp_path):
     plain = list(Generator.from_bundle(tmp_path / "bundle").generate(ids, max_new_tokens=24, speculative=False))
     for policy, budget in [("resident", None), ("cpu", "0%"), ("static", "50%"), ("sd-static", "50%"),
                            ("lru", "40%"), ("spac", "20%")]:
-        gen = Generator.from_bundle(tmp_path / "bundle", policy=policy, fast_budget=budget)
-        try:
+        with Generator.from_bundle(tmp_path / "bundle", tiers=TierConfig(policy, budget)) as gen:
             assert list(gen.generate(ids, max_new_tokens=24)) == plain, policy
-        finally:
-            gen.tiered.close()
 
 
 def test_report_tiers_cover_one_run(demo_bundle):
-    gen = Generator.from_bundle(demo_bundle, policy="lru", fast_budget="10%")
-    try:
+    with Generator.from_bundle(demo_bundle, tiers=TierConfig("lru", "10%")) as gen:
         list(gen.generate("int main(void) {", max_new_tokens=12))
         first = gen.report.tiers
         list(gen.generate("int main(void) {", max_new_tokens=12))
         second = gen.report.tiers
-        pairs = gen.tiered.stats.pairs
+        pairs = gen.experts.counters.pairs
         assert 0 < first["fetches_on_demand"] and 0 < second["fetches_on_demand"]
         # the second report counts only its own run: both together make the lifetime total
         m = gen.manifest.dims
-        assert gen.tiered.summary(1)["fetches_on_demand"] == first["fetches_on_demand"] + second["fetches_on_demand"]
+        assert gen.experts.summary(1)["fetches_on_demand"] == first["fetches_on_demand"] + second["fetches_on_demand"]
         assert pairs == 2 * (gen.report.prompt_tokens + 11) * m.num_layers * m.top_k
-    finally:
-        gen.tiered.close()
 
 
 def test_calibrate_writes_a_usable_profile(demo_bundle, tmp_path):

@@ -14,8 +14,7 @@ from spac_ort.cli import export as export_cli
 from spac_ort.cli import run as run_cli
 from spac_ort.runtime import Generator, SamplingConfig
 from spac_ort.runtime.sensor import read_trace
-from tests.conftest import load_prompts
-from tests.test_parity import _spread
+from tests.conftest import load_prompts, spread
 from tests.tiny import build
 
 KS = (1, 2, 4, 8)
@@ -42,7 +41,7 @@ def test_demo_greedy_speculative_equals_plain(demo_bundle):
 @pytest.mark.refmodel
 def test_refmodel_greedy_speculative_equals_plain(ref_bundle):
     gen = Generator.from_bundle(ref_bundle)
-    _check_lossless(gen, _spread(load_prompts(), 1), 48)   # 8 prompts, one per domain
+    _check_lossless(gen, spread(load_prompts(), 1), 48)   # 8 prompts, one per domain
 
 
 def test_eos_inside_a_window_stops_cleanly(demo_bundle):
@@ -115,7 +114,7 @@ def test_trace_file_replays(demo_bundle, tmp_path):
 
 
 def test_report_and_cli_options(demo_bundle):
-    res = CliRunner().invoke(run_cli.main, [str(demo_bundle), "-p", "def add(a, b):", "-n", "16"])
+    res = CliRunner().invoke(run_cli.main, [str(demo_bundle), "-p", "def add(a, b):", "-n", "16", "-k", "4"])
     assert res.exit_code == 0 and "speculative K=4" in res.stderr and "tokens per target step" in res.stderr
     res = CliRunner().invoke(run_cli.main, [str(demo_bundle), "-p", "def add(a, b):", "-n", "16",
                                             "--no-speculative"])

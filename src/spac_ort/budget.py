@@ -1,4 +1,8 @@
-"""Memory budgets: "2GiB", "512MB", "123456" (bytes) or "17%" (of a total)."""
+"""Memory budgets: bytes with a unit ("2GiB", "512MB", "1000000B") or a share ("17%").
+
+A bare number is refused: "17" could mean 17 bytes or 17%, and either reading is a
+silent surprise.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ from typing import Optional
 
 from .errors import BudgetError
 
-_UNITS = {"": 1, "b": 1, "kb": 1000, "mb": 1000 ** 2, "gb": 1000 ** 3, "tb": 1000 ** 4,
+_UNITS = {"b": 1, "kb": 1000, "mb": 1000 ** 2, "gb": 1000 ** 3, "tb": 1000 ** 4,
           "kib": 1024, "mib": 1024 ** 2, "gib": 1024 ** 3, "tib": 1024 ** 4}
 _RE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z%]*)\s*$")
 
@@ -20,6 +24,9 @@ def parse_budget(text: Optional[str], total: int, what: str = "budget") -> Optio
     if not m:
         raise BudgetError(f"{what} '{text}' is not a size; write bytes ('2GiB', '512MB', '1000000') or a share ('17%')")
     value, unit = float(m[1]), m[2].lower()
+    if not unit:
+        raise BudgetError(f"{what} '{text}' has no unit; write bytes with a unit ('{m[1]}B', '2GiB') "
+                          f"or a share of all experts ('{m[1]}%')")
     if unit == "%":
         if value > 100:
             raise BudgetError(f"{what} '{text}' is more than 100%; use a share between 0% and 100%")

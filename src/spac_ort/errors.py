@@ -52,3 +52,8 @@ class MissingDependencyError(SpacError):
 
 class BudgetError(SpacError):
     """A memory budget cannot hold what one layer needs, or is malformed."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM asked the command to stop (not a user error: the CLI says "terminated" and
+    exits 143, 128 + SIGTERM, after the same cleanup as Ctrl-C)."""

@@ -13,10 +13,12 @@ import json
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Iterator, Optional
 
 from . import naming
-from .errors import BundleError, ChecksumError, ManifestError
+from .errors import BundleError, ManifestError
+from . import manifest_checks as checks
+from .fields import Reader
 
 SCHEMA_VERSION = 1
 MANIFEST_KIND = "spac-ort-bundle"
@@ -148,12 +150,17 @@ class Manifest:
         return naming.expert_path(layer, expert, self.experts.template)
 
     def expert_bytes(self) -> int:
-        """Weight bytes of one expert."""
-        return self.experts.data_size
+        """Weight bytes of one expert (w_gate, w_up [H, I], w_down [I, H], float32): the
+        unit of every budget. The weight file is a little larger (aligned tensors)."""
+        return 3 * self.dims.hidden_size * self.dims.expert_intermediate * 4
 
     def iter_files(self) -> Iterator[tuple[str, FileEntry]]:
         """Every file of the bundle with its expected size and sha256."""
         yield from self.files.items()
+        yield from self.iter_expert_files()
+
+    def iter_expert_files(self) -> Iterator[tuple[str, FileEntry]]:
+        """Expert graphs and weight files, from the path template."""
         ex = self.experts
         for layer in self.moe_layers():
             for e in range(self.dims.num_experts):
@@ -179,116 +186,112 @@ def _plain(obj: Any) -> Any:
 
 # ---- loading and validation ------------------------------------------------------------
 
-class _Reader:
-    """Typed field access that names the offending field in its errors."""
-
-    def __init__(self, data: Any, where: str, path: Path):
-        if not isinstance(data, dict):
-            raise ManifestError(f"{path}: field '{where}' must be an object; re-export the bundle")
-        self.data, self.where, self.path = data, where, path
-
-    def _fail(self, key: str, what: str) -> ManifestError:
-        name = f"{self.where}.{key}" if self.where else key
-        return ManifestError(f"{self.path}: field '{name}' {what}; re-export the bundle with spac-export")
-
-    def get(self, key: str, kind: type | tuple[type, ...], optional: bool = False) -> Any:
-        if key not in self.data:
-            if optional:
-                return None
-            raise self._fail(key, "is missing")
-        value = self.data[key]
-        if value is None and optional:
-            return None
-        if kind is int and isinstance(value, bool) or not isinstance(value, kind):
-            raise self._fail(key, f"has the wrong type ({type(value).__name__})")
-        return value
-
-    def enum(self, key: str, enum: type[Enum]) -> Any:
-        value = self.get(key, str)
-        try:
-            return enum(value)
-        except ValueError:
-            allowed = ", ".join(m.value for m in enum)  # type: ignore[attr-defined]
-            raise self._fail(key, f"is '{value}', not one of {allowed}") from None
-
-    def sub(self, key: str) -> "_Reader":
-        name = f"{self.where}.{key}" if self.where else key
-        return _Reader(self.get(key, dict), name, self.path)
-
-    def ints(self, cls: type, keys: list[str]) -> Any:
-        return cls(**{k: self.get(k, int) for k in keys})
-
-
-def _sha_table(r: _Reader, key: str) -> tuple[tuple[str, ...], ...]:
+def _sha_table(r: Reader, key: str) -> tuple[tuple[str, ...], ...]:
     rows = r.get(key, list)
     if not all(isinstance(row, list) and all(isinstance(s, str) for s in row) for row in rows):
-        raise r._fail(key, "must be a list of lists of sha256 strings")
+        raise r.fail(key, "must be a list of lists of sha256 strings")
     return tuple(tuple(row) for row in rows)
 
 
 def parse_manifest(data: Any, path: Path) -> Manifest:
-    r = _Reader(data, "", path)
+    """Validate the manifest's JSON; `ManifestError` names the first bad field."""
+    r = Reader(data, "", path)
     if r.get("kind", str) != MANIFEST_KIND:
-        raise r._fail("kind", f"is not '{MANIFEST_KIND}'")
+        raise r.fail("kind", f"is not '{MANIFEST_KIND}'")
     version = r.get("schema_version", int)
     if version != SCHEMA_VERSION:
         raise ManifestError(
             f"{path}: schema_version {version} is not supported by this spac-ort "
             f"(reads version {SCHEMA_VERSION}); re-export the bundle with this spac-ort's spac-export")
-    dims = r.sub("dims").ints(ModelDims, [f.name for f in dataclasses.fields(ModelDims)])
-    rr = r.sub("routing")
-    routing = Routing(rr.enum("scoring", Scoring), rr.get("norm_topk_prob", bool), rr.enum("topk_method", TopkMethod),
-                      rr.get("n_group", int), rr.get("topk_group", int),
+    dr = r.sub("dims")
+    dims = dr.ints(ModelDims, [f.name for f in dataclasses.fields(ModelDims)])
+    checks.check_dims(dr, dims)
+    kinds = _layer_kinds(r, dims.num_layers)
+    files = _files(r)
+    experts = _experts(r.sub("experts"), dims, kinds)
+    for graph in checks.required_graphs(kinds, dims.shared_expert_intermediate > 0):
+        checks.check_listed(r, "files", graph, files)
+    tokenizer = r.get("tokenizer", str, optional=True)
+    checks.check_listed(r, "tokenizer", tokenizer, files)
+    eos = r.get("eos_token_ids", list)
+    if not all(isinstance(e, int) and not isinstance(e, bool) and 0 <= e < dims.vocab_size for e in eos):
+        raise r.fail("eos_token_ids", f"must be a list of token ids in 0..{dims.vocab_size - 1}")
+    return Manifest(
+        family=r.enum("family", Family), source_model_type=r.get("source_model_type", str),
+        dims=dims, routing=_routing(r.sub("routing")), layer_kinds=kinds, dtype=r.enum("dtype", DType),
+        opset=r.get("opset", int), io=_io(r.sub("io")), files=files, experts=experts,
+        bos_token_id=r.get("bos_token_id", int, optional=True), eos_token_ids=tuple(eos),
+        tokenizer=tokenizer, producer=r.get("producer", str),
+        schema_version=version, draft=_draft(r, files),
+    )
+
+
+def _routing(rr: Reader) -> Routing:
+    routing = Routing(rr.enum("scoring", Scoring), rr.get("norm_topk_prob", bool),
+                      rr.enum("topk_method", TopkMethod), rr.get("n_group", int), rr.get("topk_group", int),
                       float(rr.get("routed_scaling_factor", (int, float))))
+    checks.check_routing(rr, routing)
+    return routing
+
+
+def _layer_kinds(r: Reader, num_layers: int) -> tuple[LayerKind, ...]:
     kinds_raw = r.get("layer_kinds", list)
     try:
         kinds = tuple(LayerKind(k) for k in kinds_raw)
-    except ValueError:
-        raise r._fail("layer_kinds", "holds an unknown layer kind") from None
-    if len(kinds) != dims.num_layers:
-        raise r._fail("layer_kinds", f"has {len(kinds)} entries for {dims.num_layers} layers")
-    io_r = r.sub("io")
+    except (ValueError, TypeError):
+        raise r.fail("layer_kinds", "holds an unknown layer kind") from None
+    if len(kinds) != num_layers:
+        raise r.fail("layer_kinds", f"has {len(kinds)} entries for {num_layers} layers")
+    if LayerKind.MOE not in kinds:
+        raise r.fail("layer_kinds", "has no moe layer; a bundle holds a mixture-of-experts model")
+    return kinds
+
+
+def _io(io_r: Reader) -> dict[str, PieceIO]:
     io = {}
     for kind in io_r.data:
         pr = io_r.sub(kind)
         io[kind] = PieceIO(tuple(pr.get("inputs", list)), tuple(pr.get("outputs", list)))
+    return io
+
+
+def _files(r: Reader) -> dict[str, FileEntry]:
     files_r = r.sub("files")
     files = {}
     for name in files_r.data:
+        checks.check_path(files_r, name, name)
         fr = files_r.sub(name)
-        files[name] = FileEntry(fr.get("size", int), fr.get("sha256", str))
-    er = r.sub("experts")
+        size = fr.get("size", int)
+        if size < 0:
+            raise fr.fail("size", f"is {size}; sizes are not negative")
+        files[name] = FileEntry(size, fr.get("sha256", str))
+    return files
+
+
+def _experts(er: Reader, dims: ModelDims, kinds: tuple[LayerKind, ...]) -> ExpertTable:
     experts = ExpertTable(er.get("template", str), er.get("graph_size", int), er.get("data_size", int),
                           _sha_table(er, "graph_sha256"), _sha_table(er, "data_sha256"))
-    if "{layer" not in experts.template or "{expert" not in experts.template:
-        raise er._fail("template", "must contain {layer} and {expert}")
+    checks.check_template(er, experts.template, dims.num_layers, dims.num_experts)
+    for key in ("graph_size", "data_size"):
+        if getattr(experts, key) < 1:
+            raise er.fail(key, f"is {getattr(experts, key)}; an expert file is not empty")
     for layer, kind in enumerate(kinds):
         want = dims.num_experts if kind is LayerKind.MOE else 0
         for key, table in (("graph_sha256", experts.graph_sha256), ("data_sha256", experts.data_sha256)):
             if len(table) != dims.num_layers or len(table[layer]) != want:
-                raise er._fail(key, f"does not have {want} entries for layer {layer}")
-    eos = r.get("eos_token_ids", list)
-    if not all(isinstance(e, int) for e in eos):
-        raise r._fail("eos_token_ids", "must be a list of integers")
-    return Manifest(
-        family=r.enum("family", Family), source_model_type=r.get("source_model_type", str),
-        dims=dims, routing=routing, layer_kinds=kinds, dtype=r.enum("dtype", DType),
-        opset=r.get("opset", int), io=io, files=files, experts=experts,
-        bos_token_id=r.get("bos_token_id", int, optional=True), eos_token_ids=tuple(eos),
-        tokenizer=r.get("tokenizer", str, optional=True), producer=r.get("producer", str),
-        schema_version=version, draft=_draft(r),
-    )
+                raise er.fail(key, f"does not have {want} entries for layer {layer}")
+    return experts
 
 
-def _draft(r: _Reader) -> Optional[DraftSpec]:
+def _draft(r: Reader, files: dict[str, FileEntry]) -> Optional[DraftSpec]:
     if r.get("draft", dict, optional=True) is None:
         return None
     dr = r.sub("draft")
     spec = DraftSpec(graph=dr.get("graph", str), model_type=dr.get("model_type", str),
                      **{k: dr.get(k, int) for k in ("num_layers", "num_kv_heads", "head_dim", "vocab_size",
                                                      "max_positions")})
-    if spec.graph not in r.get("files", dict):
-        raise dr._fail("graph", "names a file that is not listed in 'files'")
+    checks.check_path(dr, "graph", spec.graph)
+    checks.check_listed(dr, "graph", spec.graph, files)
     return spec
 
 
@@ -303,8 +306,10 @@ def load_manifest(bundle: str | Path) -> Manifest:
         raise BundleError(f"{bundle} has no {naming.MANIFEST}, so it is not a spac-ort bundle; create one with spac-export")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ManifestError(f"{path} is not valid JSON ({exc}); re-export the bundle with spac-export") from None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise ManifestError(f"{path} is not valid JSON ({str(exc)[:200]}); re-export the bundle with spac-export") from None
+    except OSError as exc:
+        raise BundleError(f"cannot read {path} ({exc.strerror}); check its permissions") from None
     return parse_manifest(data, path)
 
 
@@ -314,29 +319,3 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
-
-
-def check_present(bundle: Path, manifest: Manifest) -> None:
-    """Cheap check (no hashing): every file exists with the recorded size."""
-    for rel, entry in manifest.iter_files():
-        p = bundle / rel
-        try:
-            size = p.stat().st_size
-        except FileNotFoundError:
-            raise BundleError(f"bundle file {rel} is missing from {bundle}; re-export the bundle with spac-export") from None
-        if size != entry.size:
-            raise ChecksumError(f"bundle file {rel} has {size} bytes, the manifest says {entry.size}; "
-                                "the file is truncated or replaced, re-export the bundle")
-
-
-def verify_files(bundle: Path, manifest: Manifest,
-                 progress: Optional[Callable[[int, int], None]] = None) -> None:
-    """Full check: sizes and sha256 of every file against the manifest."""
-    check_present(bundle, manifest)
-    entries = list(manifest.iter_files())
-    for i, (rel, entry) in enumerate(entries):
-        if sha256_file(bundle / rel) != entry.sha256:
-            raise ChecksumError(f"sha256 of bundle file {rel} differs from the manifest; "
-                                "the file is corrupt, re-export the bundle with spac-export")
-        if progress:
-            progress(i + 1, len(entries))

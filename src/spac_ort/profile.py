@@ -8,7 +8,8 @@ are measured (``runtime.calibrate``) and saved as JSON; bundles for targets ship
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+import math
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from .errors import ConfigError
@@ -23,6 +24,20 @@ class DeviceProfile:
     slow_per_token_s: float
     link_latency_s: float        # per transfer
     link_bytes_per_s: float
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "name":
+                if not isinstance(value, str):
+                    raise ConfigError(f"device profile field 'name' is {value!r}, not a string")
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise ConfigError(f"device profile field '{f.name}' is {value!r}; it must be a finite number >= 0 "
+                                  "(seconds, or bytes per second)")
+        if self.link_bytes_per_s <= 0:
+            raise ConfigError(f"device profile field 'link_bytes_per_s' is {self.link_bytes_per_s}; a copy bandwidth "
+                              "must be > 0")
 
     def fast(self, tokens):
         return self.fast_fixed_s + self.fast_per_token_s * tokens
@@ -40,9 +55,12 @@ class DeviceProfile:
     def load(cls, path: Path) -> "DeviceProfile":
         try:
             data = json.loads(Path(path).read_text(encoding="utf-8"))
+            if not isinstance(data, dict):
+                raise TypeError("not a JSON object")
             return cls(**data)
-        except (OSError, json.JSONDecodeError, TypeError) as exc:
-            raise ConfigError(f"cannot read device profile {path} ({exc}); write one with "
+        except (OSError, ValueError, TypeError, RecursionError) as exc:
+            reason = getattr(exc, "strerror", None) or str(exc).splitlines()[0][:200]
+            raise ConfigError(f"cannot read device profile {path} ({reason}); write one with "
                               "spac-run BUNDLE --calibrate PROFILE.json") from None
 
 

@@ -27,12 +27,17 @@ def _routing(m: Manifest) -> str:
     return ", ".join(parts)
 
 
+def _folder(path: str) -> str:
+    return path.rsplit("/", 1)[0] + "/" if "/" in path else path
+
+
 def summarize(bundle: Path, m: Manifest) -> str:
     d = m.dims
     moe = m.moe_layers()
     n_experts = len(moe) * d.num_experts
     expert_bytes = n_experts * m.experts.data_size
-    other = sum(f.size for f in m.files.values())
+    draft_bytes = sum(f.size for n, f in m.files.items() if m.draft and n.startswith(_folder(m.draft.graph)))
+    other = sum(f.size for f in m.files.values()) - draft_bytes
     lines = [
         f"bundle      {bundle}",
         f"model       {m.family.value} (from {m.source_model_type}), {m.dtype.value}, opset {m.opset}, {m.producer}",
@@ -49,7 +54,7 @@ def summarize(bundle: Path, m: Manifest) -> str:
         f"other files {_size(other)} (embed, attention, routers, head, tokenizer)",
         f"vocab       {d.vocab_size}, eos {list(m.eos_token_ids)}, tokenizer {m.tokenizer or 'none'}",
         (f"draft       {m.draft.graph} ({m.draft.model_type}, {m.draft.num_layers} layer{'s' if m.draft.num_layers != 1 else ''}, "
-         f"{_size(sum(f.size for n, f in m.files.items() if n.startswith('draft/')))})" if m.draft else "draft       none"),
+         f"{_size(draft_bytes)})" if m.draft else "draft       none"),
         f"expert path {m.experts.template}",
     ]
     return "\n".join(lines)

@@ -7,10 +7,10 @@ from typing import Optional
 
 import click
 
-from .common import Progress, setup_logging, user_errors
+from .common import Group, Progress, setup_logging, user_errors
 
 
-class _DefaultToExport(click.Group):
+class _DefaultToExport(Group):
     """``spac-export ARGS`` means ``spac-export export ARGS`` unless ARGS names a subcommand."""
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
@@ -76,7 +76,8 @@ def inspect_cmd(bundle: Path, verify: bool) -> None:
     """Print a readable summary of BUNDLE."""
     with user_errors():
         from ..summary import summarize
-        from ..manifest import load_manifest, verify_files
+        from ..bundle_files import verify_files
+        from ..manifest import load_manifest
 
         manifest = load_manifest(bundle)
         if verify:

@@ -8,17 +8,14 @@ substitute another expert's weights into a traced graph. Activations are 3-D
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Optional
+from typing import Optional
 
 import torch
 from torch import nn
 
 from ..manifest import ModelDims, Routing, Scoring, TopkMethod
-from .adapters.base import AttentionWeights, SwiGLUWeights
-
-if TYPE_CHECKING:
-    from .adapters.deepseek import MLASpec, MLAWeights
 from .config import AttentionSpec, QKNorm
+from .weights import AttentionWeights, MLASpec, MLAWeights, SwiGLUWeights
 
 
 def _param(t: torch.Tensor) -> nn.Parameter:

@@ -3,6 +3,8 @@ the other layers and experts, check each written file against its torch module."
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
@@ -11,7 +13,7 @@ import numpy as np
 import torch
 
 from .. import naming
-from ..errors import ParityError
+from ..errors import CheckpointError, ParityError
 from ..manifest import ExpertTable, FileEntry, LayerKind, PieceIO
 from ..naming import PieceKind
 from ..runtime.sessions import Piece
@@ -34,6 +36,12 @@ DYNAMIC_AXES: dict[PieceKind, dict[str, dict[int, str]]] = {
     PieceKind.HEAD: {naming.HIDDEN: _T, naming.LOGITS: _T},
 }
 RTOL = 1e-4   # max |onnx - torch| / max(1, max |torch|) per output
+
+
+def _finite(t: torch.Tensor) -> bool:
+    """No NaN or Inf in ``t``: its float64 sum is finite exactly then (float32 values cannot
+    overflow it), in one pass and without a mask the size of the tensor."""
+    return math.isfinite(float(t.detach().sum(dtype=torch.float64)))
 
 
 @dataclass
@@ -63,6 +71,7 @@ class PieceWriter:
     # ---- one piece -----------------------------------------------------------------------
     def write(self, kind: PieceKind, module: torch.nn.Module, rel: str) -> None:
         self.check_interrupt()
+        self.check_weights(module, rel)
         module.eval()
         template = self._templates.get(kind)
         if template is None:
@@ -72,6 +81,29 @@ class PieceWriter:
         self.files[rel] = written.graph
         self.files[naming.data_path(rel)] = written.data
         self.check(kind, module, rel)
+
+    def check_weights(self, module: torch.nn.Module, rel: str) -> None:
+        """Non-finite weights fail parity as if the export were wrong: name the corrupt tensor."""
+        for name, p in module.named_parameters():
+            if not _finite(p):
+                raise CheckpointError(f"{self._source(rel, name)} has NaN or Inf values: the checkpoint in "
+                                      f"{self.adapter.w.model_dir} is corrupt; re-download or fix it")
+
+    def _source(self, rel: str, param: str) -> str:
+        """The checkpoint tensor behind a non-finite weight of piece ``rel``: the first
+        non-finite tensor of its layer (of its expert first), else the piece's weight."""
+        store = self.adapter.w
+        m = re.match(r"layers/(\d+)/(?:experts/(\d+))?", rel)
+        if m is None:
+            names = [n for n in store.names() if "layers." not in n]
+        else:
+            names = [n for n in store.names() if f"layers.{int(m[1])}." in n]
+            if m[2] is not None:
+                names.sort(key=lambda n: f"experts.{int(m[2])}." not in n)
+        for name in names:
+            if not _finite(store.get(name)):
+                return f"tensor {name}"
+        return f"weight {param} of {rel}"
 
     def check(self, kind: PieceKind, module: torch.nn.Module, rel: str) -> None:
         args = self._inputs(kind)

@@ -1,9 +1,14 @@
 """`export_bundle`: checkpoint directory -> verified bundle directory, atomically.
 
     read config + weights -> adapter -> ModelSpec
-    temp dir next to the target:  pieces (each checked)  tokenizer  manifest
+    check the target; remove .NAME.partial-PID-* left by dead exports
+    temp dir .NAME.partial-PID-XXXX next to the target:
+                                  pieces (each checked)  tokenizer  manifest
                                   whole-model parity against transformers
-    rename temp dir -> target     (any failure or interrupt removes the temp dir)
+                                  directory modes 0o777 & ~umask
+    under .NAME.lock: re-check the target, rename temp dir -> target
+                                  (no-replace; with --force an atomic swap)
+    any failure, Ctrl-C or SIGTERM removes the temp dir
 """
 
 from __future__ import annotations
@@ -11,18 +16,17 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
 from .. import __version__, naming
-from ..errors import BundleError
 from ..manifest import DType, FileEntry, Manifest, sha256_file
 from .adapters import adapter_for
 from .checkpoint import WeightStore, read_config
 from .draft import export_draft
+from .install import check_target, install, make_temp_dir, open_modes, remove_stale_partials
 from .interrupt import DeferredInterrupt
 from .onnx_io import OPSET
 from .pieces import PieceWriter
@@ -30,7 +34,6 @@ from .verify import check_model
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str, int, int], None]
-PARTIAL = ".partial-"
 
 
 @dataclass(frozen=True)
@@ -51,33 +54,6 @@ class ExportResult:
     model_error: float    # relative error of the stitched model's logits against transformers
 
 
-def _check_target(out: Path, force: bool) -> None:
-    if not out.exists():
-        if not out.parent.is_dir():
-            raise BundleError(f"the parent directory of {out} does not exist; create it or choose another -o")
-        return
-    if not out.is_dir():
-        raise BundleError(f"{out} exists and is not a directory; choose another -o")
-    if not any(out.iterdir()):
-        return
-    if not (out / naming.MANIFEST).is_file():
-        raise BundleError(f"{out} exists and is not a spac-ort bundle; refusing to overwrite it, choose another -o")
-    if not force:
-        raise BundleError(f"bundle {out} already exists; pass --force to replace it")
-
-
-def _install(tmp: Path, out: Path) -> None:
-    """Move the finished temp dir into place; an existing bundle is replaced only after
-    the new one is complete."""
-    old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{int(time.time() * 1e3)}")
-        out.rename(old)
-    tmp.rename(out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def _eos_ids(model_dir: Path, config_eos: tuple[int, ...]) -> tuple[int, ...]:
     ids = list(config_eos)
     gen = model_dir / "generation_config.json"
@@ -93,13 +69,18 @@ def _eos_ids(model_dir: Path, config_eos: tuple[int, ...]) -> tuple[int, ...]:
 
 
 def export_bundle(opts: ExportOptions, progress: Optional[Progress] = None) -> ExportResult:
+    """Export ``opts.model_dir`` to the bundle ``opts.out_dir``. Nothing but the finished
+    bundle is left behind; SIGINT raises KeyboardInterrupt and SIGTERM `Terminated` at the
+    next piece boundary. Raises `BundleError` when the target is taken (at the start or,
+    by a concurrent export, at install time) and ``opts.force`` is not set."""
     start = time.perf_counter()
     model_dir, out = Path(opts.model_dir), Path(opts.out_dir).absolute()
     cfg = read_config(model_dir)
     adapter = adapter_for(cfg, WeightStore(model_dir))
     if opts.draft_dir is not None:
         read_config(Path(opts.draft_dir))          # fail early on a missing draft directory
-    _check_target(out, opts.force)
+    check_target(out, opts.force)
+    remove_stale_partials(out)
     with DeferredInterrupt() as interrupt:
         return _export(opts, adapter, model_dir, out, progress, interrupt, start)
 
@@ -107,7 +88,7 @@ def export_bundle(opts: ExportOptions, progress: Optional[Progress] = None) -> E
 def _export(opts: ExportOptions, adapter, model_dir: Path, out: Path, progress: Optional[Progress],
             interrupt: DeferredInterrupt, start: float) -> ExportResult:
     spec = adapter.spec
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}{PARTIAL}", dir=out.parent))
+    tmp = make_temp_dir(out)
     try:
         writer = PieceWriter(tmp, adapter, progress, interrupt.check)
         io, experts = writer.write_all()
@@ -144,8 +125,9 @@ def _export(opts: ExportOptions, adapter, model_dir: Path, out: Path, progress: 
             model_error = check_model(tmp, model_dir, adapter)
             if progress:
                 progress("model parity", 1, 1)
+        open_modes(tmp)
         interrupt.check()
-        _install(tmp, out)
+        install(tmp, out, opts.force)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -21,6 +21,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .. import naming
+from ..errors import BundleError
 from ..manifest import LayerKind, Manifest
 from ..naming import PieceKind
 from .experts import ExpertBackend
@@ -31,6 +32,14 @@ from .stats import PieceTimers
 
 # Called once per MoE layer and pass with (layer, topk ids [T, A], topk weights [T, A]).
 RoutingObserver = Callable[[int, np.ndarray, np.ndarray], None]
+
+
+def check_finite(logits: np.ndarray, model: str, position: int) -> None:
+    """Non-finite logits come from corrupt weights; stop rather than emit garbage.
+    (max and min propagate NaN and catch +-inf in two cheap reductions.)"""
+    if not (np.isfinite(logits.max()) and np.isfinite(logits.min())):
+        raise BundleError(f"the {model} produced non-finite logits (NaN or Inf) at position {position}; a weight file "
+                          "is corrupt: find it with spac-run --verify (or spac-export inspect --verify) and re-export")
 
 
 class Backbone:
@@ -105,4 +114,5 @@ class Backbone:
         t1 = perf_counter()
         (logits,) = self.head(hidden)                                            # [1, T|1, V]
         add("head", perf_counter() - t1)
+        check_finite(logits, "target model", start + t)
         return logits[0]

@@ -12,9 +12,9 @@ import numpy as np
 
 from ..manifest import load_manifest
 from ..profile import DeviceProfile
-from .pools import HostPool, SlotPool
+from .tiers.pools import HostPool, SlotPool
 from .sessions import CPU
-from .store import ExpertStore
+from .tiers.store import ExpertStore
 
 
 def _median_time(fn, repeats: int) -> float:

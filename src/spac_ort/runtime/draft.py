@@ -16,6 +16,7 @@ import numpy as np
 
 from .. import naming
 from ..errors import BundleError
+from .backbone import check_finite
 from .kv import KVCache
 from .sessions import CPU, Piece
 
@@ -87,4 +88,6 @@ class DraftModel:
         for i in range(self.shape.num_layers):
             cache.update(i, outs[self._order[naming.draft_present(i, "key")]],
                          outs[self._order[naming.draft_present(i, "value")]])
-        return outs[self._order[naming.LOGITS]][0, -1]
+        logits = outs[self._order[naming.LOGITS]][0, -1]                         # [V]
+        check_finite(logits, "draft model", p + t)
+        return logits

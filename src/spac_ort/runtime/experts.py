@@ -3,22 +3,22 @@
 A backend runs one MoE layer's routed experts for a group of tokens and returns the
 weighted sum. `SessionPerExpert` holds one ORT session per expert with constant weights
 (one call per active expert); `GroupedExperts` runs all of a layer's routed experts in
-one call over stacked weights; the tiered engine (engine.py) places experts on tiers.
+one call over stacked weights; `tiers.tiered.TieredExperts` places experts on tiers.
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Callable, Optional, Protocol, Sequence
+from typing import Any, Callable, Optional, Protocol, Sequence
 
 import numpy as np
 
 from ..manifest import Manifest
-from .pools import grouped_swiglu_graph
+from .graphs import grouped_swiglu_graph
 from .routing import ExpertGroup, combine
 from .sessions import CPU, Piece, ort, session_options
-from .store import ExpertStore
+from .tiers.store import ExpertStore
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +34,38 @@ class ExpertBackend(Protocol):
         """ORT calls made so far."""
         ...
 
+    def mark(self) -> Any:
+        """A snapshot of the backend's counters (None: it keeps none)."""
+        ...
 
-class SessionPerExpert:
+    def summary(self, new_tokens: int, since: Any = None) -> Optional[dict]:
+        """The counters since ``since`` (a `mark`) for the run report, or None."""
+        ...
+
+    def step_counters(self) -> Optional[dict]:
+        """The counters of the last target pass for the trace, or None."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class ResidentBackend:
+    """What backends without tiers share: no counters, nothing to release."""
+
+    def mark(self) -> Any:
+        return None
+
+    def summary(self, new_tokens: int, since: Any = None) -> Optional[dict]:
+        return None
+
+    def step_counters(self) -> Optional[dict]:
+        return None
+
+    def close(self) -> None:
+        pass
+
+
+class SessionPerExpert(ResidentBackend):
     """All experts resident, one constant-weight session each."""
 
     def __init__(self, bundle: Path, manifest: Manifest, providers: Sequence[str] = (CPU,),
@@ -66,7 +96,7 @@ class SessionPerExpert:
         return self._calls
 
 
-class GroupedExperts:
+class GroupedExperts(ResidentBackend):
     """All experts resident in host memory; one ORT call runs a layer's routed experts
     for up to ``chunk`` tokens (weights stacked per layer, bound as graph inputs)."""
 
@@ -85,7 +115,8 @@ class GroupedExperts:
 
     def run_layer(self, layer: int, x: np.ndarray, groups: Sequence[ExpertGroup],
                   ids: Optional[np.ndarray] = None, weights: Optional[np.ndarray] = None) -> np.ndarray:
-        assert ids is not None and weights is not None, "the grouped backend needs the router outputs"
+        if ids is None or weights is None:
+            raise ValueError("the grouped backend needs the router outputs (ids and weights)")
         order = np.argsort(ids, axis=1, kind="stable")                      # ascending expert id per token
         ids = np.ascontiguousarray(np.take_along_axis(ids, order, axis=1))
         weights = np.ascontiguousarray(np.take_along_axis(weights, order, axis=1).astype(np.float32))
@@ -106,3 +137,18 @@ class GroupedExperts:
 
     def calls(self) -> int:
         return self._calls
+
+
+BACKENDS = ("grouped", "sessions")       # --experts choices: backends with every expert resident
+
+
+def resident_backend(name: str, bundle: Path, manifest: Manifest, providers: Sequence[str] = (CPU,),
+                     progress: Optional[Callable[[int, int], None]] = None) -> ResidentBackend:
+    """The backend ``name`` (one of `BACKENDS`) over every expert of the bundle."""
+    from ..errors import ConfigError
+
+    if name == "grouped":
+        return GroupedExperts(bundle, manifest)
+    if name == "sessions":
+        return SessionPerExpert(bundle, manifest, providers, progress)
+    raise ConfigError(f"unknown expert backend '{name}'; use one of {', '.join(BACKENDS)}")

@@ -1,16 +1,14 @@
 """`Generator`: load a bundle, generate tokens, plain or speculative.
 
-    gen = Generator.from_bundle("demo-bundle")
-    for token in gen.generate("def fib(n):", max_new_tokens=64):            # speculative
-        ...
-    print(gen.report.render())
+    with Generator.from_bundle("demo-bundle") as gen:
+        for token in gen.generate("def fib(n):", max_new_tokens=64):        # speculative
+            ...
+        print(gen.report.render())
 
-One speculative step (K draft tokens):
-
-    draft:   feed the tokens it has not seen -> propose d_1 .. d_K (greedy or sampled)
-    target:  verify [last, d_1 .. d_K] in one pass (T = K+1)     -> logits [K+1, V]
-    accept:  greedy prefix / rejection sampling                   -> emitted tokens
-    rollback both KV caches to the committed sequence; report the window to observers
+The decode loop: emit the pending tokens; pick K (fixed ``draft_tokens=4``, or per step
+by a `DraftController` for ``"auto"`` from the acceptance and the times it measured);
+K=0 is a plain pass, K>0 a `speculative_step` (draft K -> verify K+1 -> accept -> roll
+back); hand the pass's `StepRecord` to the observers (the tiered backend is one).
 """
 
 from __future__ import annotations
@@ -18,99 +16,85 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 from time import perf_counter
-from typing import Callable, Iterator, Optional, Sequence, Union
+from typing import Any, Callable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 
 from ..errors import BundleError, ConfigError, PromptError
-from ..manifest import Manifest, check_present, load_manifest, verify_files
+from ..manifest import Manifest
 from .backbone import Backbone
-from .draft import DraftModel, find_graph
-from ..budget import parse_budget
-from ..profile import DeviceProfile
-from .engine import TieredExperts
-from .experts import GroupedExperts, SessionPerExpert
-from .policies import Policy, SpacOptions, make_policy
-from .sampling import SamplingConfig, probabilities, sample, select
+from .config import TierConfig
+from .draft import DraftModel
+from .draft_control import DraftControlConfig, DraftController, FixedDraft
+from .loading import load
+from .sampling import SamplingConfig, select
 from .sensor import RoutingRecorder, StepObserver, StepRecord
-from .sessions import CPU
-from .speculative import Verdict, accept_greedy, accept_sampling
+from .sessions import CPU, ORT_ERRORS
+from .spac.policies import Policy
+from .speculative import Window, speculative_step
 from .stats import RunReport
 from .tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[str, int, int], None]
+Control = Union[DraftController, FixedDraft]
 
 
-def _budget(value: Union[str, int, None], total: int, what: str) -> Optional[int]:
-    if value is None or isinstance(value, int):
-        return value
-    return parse_budget(value, total, what)
+def _bundle_faults(tokens: Iterator[int], bundle: Path) -> Iterator[int]:
+    """Pass tokens through; an ORT error from a session call (a graph that disagrees with
+    the manifest or with another graph) becomes a `BundleError`."""
+    try:
+        yield from tokens
+    except ORT_ERRORS as exc:
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise BundleError(f"running bundle {bundle} failed ({first}); its graphs do not fit its manifest: check it "
+                          "with spac-export inspect BUNDLE --verify and re-export it") from None
 
 
 class Generator:
     def __init__(self, bundle: Path, manifest: Manifest, backbone: Backbone, tokenizer: Optional[Tokenizer],
-                 draft: Optional[DraftModel] = None):
+                 draft: Optional[DraftModel] = None, policy: Optional[Policy] = None):
         self.bundle = bundle
         self.manifest = manifest
         self.backbone = backbone
+        self.experts = backbone.experts
         self.tokenizer = tokenizer
         self.draft = draft
+        self.policy = policy
         self.report = RunReport()
         self.step_observers: list[StepObserver] = []
+        # the tiered backend learns from every pass; it sees a record before the user's observers
+        self._observers: list[StepObserver] = [self.experts] if policy is not None else []
         d = manifest.dims
         self._routing = RoutingRecorder(d.num_layers, d.num_experts)
         backbone.observers.append(self._routing)
+        self._step = 0
 
     @classmethod
     def from_bundle(cls, path: Union[str, Path], *, verify: bool = False, draft: Optional[Union[str, Path]] = None,
-                    providers: Sequence[str] = (CPU,), progress: Optional[Progress] = None,
-                    policy: Union[str, Policy, None] = None, fast_budget: Union[str, int, None] = None,
-                    ram_budget: Union[str, int, None] = None, fast_providers: Sequence[str] = (CPU,),
-                    profile: Optional[DeviceProfile] = None, spac: Optional[SpacOptions] = None,
-                    synchronous_prefetch: bool = False, experts: str = "grouped") -> "Generator":
+                    providers: Sequence[str] = (CPU,), experts: str = "grouped", tiers: Optional[TierConfig] = None,
+                    progress: Optional[Progress] = None) -> "Generator":
         """Load and validate a bundle. ``verify`` also checks every file's sha256.
         ``draft`` names an optimum ONNX export directory to use instead of the bundle's draft.
 
-        Without ``policy`` every expert is resident on the CPU: ``experts="grouped"`` runs a
-        layer's routed experts in one ORT call, ``"sessions"`` one session per expert. With a policy
-        (resident, cpu, static, sd-static, lru, spac) experts live in tiers: a fast tier of
-        ``fast_budget`` ("2GiB", "17%", bytes; default: all experts), the CPU, and the
-        bundle's files under ``ram_budget``."""
-        bundle = Path(path)
-        manifest = load_manifest(bundle)
-        if verify:
-            verify_files(bundle, manifest, (lambda i, n: progress("verify", i, n)) if progress else None)
-        else:
-            check_present(bundle, manifest)
-        if policy is None:
-            if fast_budget is not None or ram_budget is not None:
-                raise ConfigError("memory budgets need a placement policy; pass --policy (e.g. spac)")
-            if experts == "grouped":
-                backend = GroupedExperts(bundle, manifest)
-            elif experts == "sessions":
-                backend = SessionPerExpert(bundle, manifest, providers,
-                                           (lambda i, n: progress("load experts", i, n)) if progress else None)
-            else:
-                raise ConfigError(f"unknown expert backend '{experts}'; use grouped or sessions")
-        else:
-            pol = policy if isinstance(policy, Policy) else make_policy(policy, profile, spac)
-            total = len(manifest.moe_layers()) * manifest.dims.num_experts * manifest.experts.data_size
-            backend = TieredExperts(bundle, manifest, pol, _budget(fast_budget, total, "fast budget"),
-                                    _budget(ram_budget, total, "RAM budget"), fast_providers, profile,
-                                    synchronous_prefetch)
-        backbone = Backbone(bundle, manifest, backend, providers)
-        tok = Tokenizer(bundle / manifest.tokenizer) if manifest.tokenizer else None
-        draft_model = None
-        if draft is not None:
-            draft_model = DraftModel(find_graph(Path(draft)), providers)
-        elif manifest.draft is not None:
-            draft_model = DraftModel(bundle / manifest.draft.graph, providers)
-        if draft_model is not None and draft_model.shape.vocab_size not in (-1, manifest.dims.vocab_size):
-            raise BundleError(f"the draft's vocabulary ({draft_model.shape.vocab_size}) differs from the target's "
-                              f"({manifest.dims.vocab_size}); use a draft that shares the target's tokenizer")
-        return cls(bundle, manifest, backbone, tok, draft_model)
+        Without ``tiers`` every expert is resident on the CPU: ``experts="grouped"`` runs a
+        layer's routed experts in one ORT call, ``"sessions"`` one session per expert. With
+        a `TierConfig` a placement policy puts experts on a fast tier under a budget, the
+        CPU, and the bundle's files (see `TierConfig`)."""
+        parts = load(path, verify=verify, draft=draft, providers=providers, experts=experts, tiers=tiers,
+                     progress=progress)
+        return cls(parts.bundle, parts.manifest, parts.backbone, parts.tokenizer, parts.draft, parts.policy)
+
+    def close(self) -> None:
+        """Stop the backend's worker threads (the tiered backend's prefetch and lanes)."""
+        self.experts.close()
+
+    def __enter__(self) -> "Generator":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # ---- prompts -----------------------------------------------------------------------
     def encode(self, prompt: str) -> list[int]:
@@ -134,12 +118,14 @@ class Generator:
     # ---- generation --------------------------------------------------------------------
     def generate(self, prompt: Union[str, Sequence[int]], *, max_new_tokens: int = 128,
                  sampling: SamplingConfig = SamplingConfig(), stop_at_eos: bool = True,
-                 draft_tokens: int = 4, speculative: Optional[bool] = None) -> Iterator[int]:
+                 draft_tokens: Union[int, str] = "auto", speculative: Optional[bool] = None) -> Iterator[int]:
         """Yield new token ids. Greedy unless ``sampling.temperature > 0``.
 
-        Speculative (``draft_tokens`` = K per step) whenever a draft model is loaded,
-        unless ``speculative=False``; the output is the same as without speculation
-        (greedy: identical tokens; sampling: the same distribution). Stops after
+        Speculative whenever a draft model is loaded, unless ``speculative=False``:
+        ``draft_tokens`` = K per step, or ``"auto"`` to pick K per step from measured
+        acceptance and costs, plain passes (K=0) included unless the policy needs a window
+        every pass; without a draft, ``"auto"`` decodes plainly. The output is the same as
+        without speculation (greedy: identical tokens; sampling: the same distribution). Stops after
         ``max_new_tokens``, at an EOS token (yielded), or at the model's maximum positions.
         `self.report` describes the run.
         """
@@ -147,56 +133,72 @@ class Generator:
         self._check_prompt(ids)
         if max_new_tokens < 1:
             raise ConfigError(f"max-new-tokens {max_new_tokens} must be at least 1")
+        spec = self._speculative(speculative, draft_tokens)
+        control = self._draft_control(draft_tokens, spec, self.policy, sampling)
+        return _bundle_faults(self._generate(ids, max_new_tokens, sampling, stop_at_eos, control), self.bundle)
+
+    def _speculative(self, wanted: Optional[bool], draft_tokens: Union[int, str]) -> bool:
+        """Speculate or not: the caller's choice, else the policy's, else whenever a draft is
+        loaded (``auto`` without a draft decodes plainly)."""
         policy = self.policy
-        if speculative is None:
-            wanted = policy.speculative if policy is not None else None
-            speculative = self.draft is not None if wanted is None else wanted
-        if speculative and policy is not None and policy.speculative is False:
+        needs = policy.speculative if policy is not None else None
+        if wanted is None:
+            wanted = needs if needs is not None else self.draft is not None or draft_tokens != "auto"
+        if wanted and needs is False:
             raise ConfigError(f"policy '{policy.name}' decodes without speculation; use sd-static or spac, "
                               "or drop the speculative option")
-        if speculative and self.draft is None:
-            raise ConfigError(f"bundle {self.bundle} has no draft model; export it with --draft DRAFT_DIR, "
-                              "pass a draft directory, or run without speculation")
-        if not speculative and policy is not None and policy.speculative is True:
+        if not wanted and needs is True:
             raise ConfigError(f"policy '{policy.name}' needs speculative decoding (its sensor); "
                               "use a bundle with a draft and leave speculation on")
-        if speculative and draft_tokens < 1:
+        if wanted and self.draft is None:
+            raise ConfigError(f"bundle {self.bundle} has no draft model; export it with --draft DRAFT_DIR, "
+                              "pass a draft directory, or run without speculation")
+        return bool(wanted)
+
+    @staticmethod
+    def _draft_control(draft_tokens: Union[int, str], speculative: bool, policy: Optional[Policy],
+                       sampling: SamplingConfig) -> Union[DraftController, FixedDraft]:
+        """The K source of a run: fixed K, the adaptive controller, or FixedDraft(0) = plain.
+
+        A seeded sample must repeat, so its K sequence must not depend on timing: the
+        controller then weighs acceptance against its cost priors only."""
+        if draft_tokens != "auto" and (isinstance(draft_tokens, bool) or not isinstance(draft_tokens, int)):
+            raise ConfigError(f"draft-tokens {draft_tokens!r} is neither a number nor 'auto'; "
+                              "pass a positive integer or auto")
+        if not speculative:
+            return FixedDraft(0)
+        if draft_tokens == "auto":
+            needs_window = policy is not None and policy.speculative is True
+            timed = sampling.greedy or sampling.seed is None
+            return DraftController(DraftControlConfig(min_k=1 if needs_window else 0, measure_costs=timed))
+        if draft_tokens < 1:
             raise ConfigError(f"draft-tokens {draft_tokens} must be at least 1")
-        return self._generate(ids, max_new_tokens, sampling, stop_at_eos, draft_tokens if speculative else 0)
+        return FixedDraft(draft_tokens)
 
-    @property
-    def tiered(self) -> Optional[TieredExperts]:
-        experts = self.backbone.experts
-        return experts if isinstance(experts, TieredExperts) else None
-
-    @property
-    def policy(self):
-        return self.tiered.policy if self.tiered else None
-
-    def _record(self, kind: str, tokens: int, verdict: Optional[Verdict], emitted: Sequence[int],
-                proposed: Sequence[int] = ()) -> None:
-        engine = self.tiered
-        if not self.step_observers and engine is None:
+    def _record(self, kind: str, tokens: int, emitted: Sequence[int], window: Optional[Window] = None) -> None:
+        observers = self._observers + self.step_observers
+        if not observers:
             return
-        rec = StepRecord(step=self._step, kind=kind, tokens=tokens, proposed=tuple(proposed),
-                         accepted=verdict.accepted if verdict else 0, emitted=tuple(emitted),
+        rec = StepRecord(step=self._step, kind=kind, tokens=tokens,
+                         proposed=window.drafts if window else (),
+                         accepted=window.verdict.accepted if window else 0, emitted=tuple(emitted),
                          counts=self._routing.counts.copy(), topk_ids=dict(self._routing.ids),
-                         topk_weights=dict(self._routing.weights),
-                         tiers=engine.step_delta() if engine else None)
-        if engine is not None:
-            engine.on_step(rec)
-        for obs in self.step_observers:
+                         topk_weights=dict(self._routing.weights), tiers=self.experts.step_counters(),
+                         draft_seconds=window.catchup_seconds + window.draft_seconds if window else 0.0)
+        for obs in observers:
             obs.on_step(rec)
 
     def _generate(self, prompt: list[int], max_new: int, sampling: SamplingConfig, stop_at_eos: bool,
-                  k: int) -> Iterator[int]:
+                  control: Control) -> Iterator[int]:
         bb, draft = self.backbone, self.draft
+        k = control.largest                     # 0: plain decoding, the draft is not used
         bb.timers.reset()
         self._step = 0
-        tiers_mark = self.tiered.mark() if self.tiered is not None else None
+        mark = self.experts.mark()
         rng = np.random.default_rng(sampling.seed)
         eos = set(self.manifest.eos_token_ids) if stop_at_eos else set()
-        report = self.report = RunReport(prompt_tokens=len(prompt), speculative=k > 0, draft_tokens=k)
+        report = self.report = RunReport(prompt_tokens=len(prompt), speculative=k > 0, draft_tokens=k,
+                                         draft_mode=control.mode)
         limit = self.manifest.dims.max_positions
         if k and self.manifest.draft is not None:
             limit = min(limit, self.manifest.draft.max_positions)
@@ -206,19 +208,23 @@ class Generator:
         t0 = perf_counter()
         logits = bb.forward(seq, cache)
         pending = [select(logits[-1], sampling, rng)]
+        if dcache is not None and len(seq) < limit:     # the draft reads the prompt too: part of prefill
+            t_draft = perf_counter()
+            draft.forward(seq, dcache)
+            bb.timers.add("draft", perf_counter() - t_draft)
         report.prefill_seconds = perf_counter() - t0
-        self._record("prefill", len(seq), None, pending)
+        self._record("prefill", len(seq), pending)
         report.stop_reason = "max_new_tokens"
         try:
-            yield from self._decode(seq, pending, cache, dcache, max_new, limit, eos, sampling, rng, k, report)
+            yield from self._decode(seq, pending, (cache, dcache), max_new, limit, eos, sampling, rng, control)
         finally:
             report.piece_seconds = dict(bb.timers.seconds)
             report.piece_calls = dict(bb.timers.calls)
-            if self.tiered is not None:
-                report.tiers = self.tiered.summary(report.new_tokens, since=tiers_mark)
+            report.tiers = self.experts.summary(report.new_tokens, since=mark)
 
-    def _decode(self, seq, pending, cache, dcache, max_new, limit, eos, sampling, rng, k, report) -> Iterator[int]:
-        bb = self.backbone
+    def _decode(self, seq: list[int], pending: list[int], caches: tuple[Any, Any], max_new: int, limit: int,
+                eos: set[int], sampling: SamplingConfig, rng: np.random.Generator, control: Control) -> Iterator[int]:
+        report = self.report
         t_decode = perf_counter()
         while True:
             for token in pending:                 # emit, stopping inside a window if needed
@@ -227,60 +233,34 @@ class Generator:
                 report.decode_seconds = perf_counter() - t_decode
                 yield token
                 t_decode = perf_counter() - report.decode_seconds   # exclude the consumer's time
-                if token in eos:
-                    report.stop_reason = "eos"
-                elif report.new_tokens >= max_new:
-                    report.stop_reason = "max_new_tokens"
-                elif len(seq) >= limit:
-                    report.stop_reason = "max_positions"
-                else:
-                    continue
-                return
+                report.stop_reason = ("eos" if token in eos else "max_new_tokens" if report.new_tokens >= max_new
+                                      else "max_positions" if len(seq) >= limit else "")
+                if report.stop_reason:
+                    return
             self._step += 1
             # window size: never propose past max_new_tokens or the positions left
-            kk = min(k, max_new - report.new_tokens - 1, limit - len(seq))
-            report.target_steps += 1
-            if kk <= 0:
-                logits = bb.forward(seq[-1:], cache)
-                pending = [select(logits[-1], sampling, rng)]
-                self._record("decode", 1, None, pending)
-            else:
-                pending = self._speculate(seq, kk, cache, dcache, sampling, rng, report)
-            report.step_tokens += len(pending)
+            left = min(max_new - report.new_tokens, limit - len(seq) + 1)       # tokens still to generate
+            k = max(0, min(control.choose(remaining=left), left - 1))
+            pending = self._step_once(seq, k, caches, sampling, rng, control)
 
-    def _speculate(self, seq: list[int], k: int, cache, dcache, sampling: SamplingConfig,
-                   rng: np.random.Generator, report: RunReport) -> list[int]:
-        t0 = perf_counter()
-        feed = seq[dcache.length:]
-        drafts: list[int] = []
-        q = []
-        for _ in range(k):
-            dl = self.draft.forward(feed, dcache)
-            if sampling.greedy:
-                d = int(np.argmax(dl))
-            else:
-                qi = probabilities(dl, sampling)
-                d = sample(qi, rng)
-                q.append(qi)
-            drafts.append(d)
-            feed = [d]
-        t1 = perf_counter()
-        if self.tiered is not None:
-            self.tiered.plan.record("draft", "host", t1 - t0, proposed=k)
-        logits = self.backbone.forward([seq[-1], *drafts], cache, last_only=False)     # [K+1, V]
-        if sampling.greedy:
-            verdict = accept_greedy(drafts, logits)
+    def _step_once(self, seq: list[int], k: int, caches: tuple[Any, Any], sampling: SamplingConfig,
+                   rng: np.random.Generator, control: Control) -> list[int]:
+        """One target pass: plain (K=0) or a speculative window; reported and observed."""
+        t_step = perf_counter()
+        cache, dcache = caches
+        if k == 0:
+            logits = self.backbone.forward(seq[-1:], cache)
+            pending = [select(logits[-1], sampling, rng)]
+            self._record("decode", 1, pending)
+            control.observe(0, 0, 0.0, perf_counter() - t_step, 1)
         else:
-            p = np.stack([probabilities(row, sampling) for row in logits])
-            verdict = accept_sampling(drafts, np.stack(q), p, rng)
-        committed = len(seq) + verdict.accepted        # target cache keeps [.. last, d_1 .. d_n]
-        cache.truncate(committed)
-        dcache.truncate(min(dcache.length, committed))
-        report.draft_seconds += t1 - t0
-        self.backbone.timers.add("draft", t1 - t0, k)
-        report.verify_seconds += perf_counter() - t1
-        report.proposed += k
-        report.accepted += verdict.accepted
-        report.verify_steps += 1
-        self._record("verify", k + 1, verdict, verdict.tokens, drafts)
-        return list(verdict.tokens)
+            window = speculative_step(self.draft, self.backbone, seq, k, cache, dcache, sampling, rng)
+            self.backbone.timers.add("draft", window.catchup_seconds + window.draft_seconds, k)
+            self.report.add_window(window)
+            pending = list(window.verdict.tokens)
+            self._record("verify", k + 1, pending, window)
+            control.observe(k, window.verdict.accepted, window.draft_seconds,
+                            perf_counter() - t_step - window.draft_seconds - window.catchup_seconds, k + 1,
+                            catchup_seconds=window.catchup_seconds)
+        self.report.add_pass(k, len(pending))
+        return pending

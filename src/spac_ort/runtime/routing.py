@@ -10,6 +10,9 @@ from dataclasses import dataclass
 import numpy as np
 
 
+Key = tuple[int, int]      # (layer, expert): one expert of the model
+
+
 @dataclass(frozen=True)
 class ExpertGroup:
     """The tokens one expert serves in one layer pass."""

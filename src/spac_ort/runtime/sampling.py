@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Optional
 
@@ -18,8 +19,12 @@ class SamplingConfig:
     seed: Optional[int] = None
 
     def __post_init__(self) -> None:
-        if not self.temperature >= 0:
+        if not math.isfinite(self.temperature):
+            raise ConfigError(f"temperature {self.temperature} is not a finite number; use 0 for greedy or a value > 0")
+        if self.temperature < 0:
             raise ConfigError(f"temperature {self.temperature} is negative; use 0 for greedy or a value > 0")
+        if self.seed is not None and not 0 <= self.seed < 2 ** 64:
+            raise ConfigError(f"seed {self.seed} is outside 0..2**64-1; use a non-negative integer")
         if self.top_k < 0:
             raise ConfigError(f"top-k {self.top_k} is negative; use 0 to disable it")
         if not 0 < self.top_p <= 1:

@@ -30,6 +30,7 @@ class StepRecord:
     topk_ids: dict[int, np.ndarray]    # layer -> [T, A]
     topk_weights: dict[int, np.ndarray]
     tiers: Optional[dict] = None       # tier counters of this pass (hits, fetches, bytes), if tiered
+    draft_seconds: float = 0.0         # the draft's share of this step (0 for prefill and plain passes)
 
 
 class StepObserver(Protocol):
@@ -62,7 +63,8 @@ class TraceWriter:
         self._f: Optional[IO[str]] = open(path, "w", encoding="utf-8")
 
     def on_step(self, r: StepRecord) -> None:
-        assert self._f is not None
+        if self._f is None:
+            raise ValueError(f"trace {self.path} is closed")
         layers = []
         for row in r.counts:
             used = np.flatnonzero(row)

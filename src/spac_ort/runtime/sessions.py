@@ -13,8 +13,17 @@ import onnxruntime as ort  # noqa: E402
 
 from ..errors import BundleError, ConfigError  # noqa: E402
 
+# What ORT raises from a session call (Fail, InvalidArgument, RuntimeException, ...):
+# with a valid bundle none of these happen, so the generator reports them as bundle faults.
+ORT_ERRORS: tuple[type[Exception], ...] = tuple(
+    c for c in vars(ort.capi.onnxruntime_pybind11_state).values()
+    if isinstance(c, type) and issubclass(c, Exception))
+
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
+
+
+FAST_PROVIDERS = ("cpu", "cuda")      # --fast-provider choices
 
 
 def fast_providers(name: str) -> tuple[str, ...]:

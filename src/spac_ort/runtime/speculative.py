@@ -1,17 +1,24 @@
-"""Accept rules of speculative decoding. Pure functions, no ORT, no clocks.
+"""Speculative decoding: one step, and its accept rules.
 
-Legend: K draft tokens, V vocabulary. The target verified K+1 inputs
+    speculative_step:  draft K -> verify K+1 -> accept -> roll back both KV caches
+
+The accept rules are pure functions (no ORT, no clocks); the step drives the two models
+and times its parts for the report and the K controller.
+
+Legend: K draft tokens, V vocabulary. The target verifies K+1 inputs
 ``[last, d_1 .. d_K]``; row i of its output predicts the token after input i.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from time import perf_counter
+from typing import Protocol, Sequence
 
 import numpy as np
 
-from .sampling import sample
+from .kv import KVCache
+from .sampling import SamplingConfig, probabilities, sample
 
 
 @dataclass(frozen=True)
@@ -47,3 +54,54 @@ def accept_sampling(drafts: Sequence[int], q: np.ndarray, p: np.ndarray, rng: np
         token = sample(residual if residual.sum() > 0 else p[i], rng)
         return Verdict(i, tuple(int(x) for x in drafts[:i]) + (token,))
     return Verdict(len(drafts), tuple(int(x) for x in drafts) + (sample(p[len(drafts)], rng),))
+
+
+class Draft(Protocol):
+    def forward(self, ids: Sequence[int], cache: KVCache) -> np.ndarray: ...          # [V]
+
+
+class Target(Protocol):
+    def forward(self, ids: Sequence[int], cache: KVCache, last_only: bool = True) -> np.ndarray: ...  # [T, V]
+
+
+@dataclass(frozen=True)
+class Window:
+    """One speculative step: the drafts, the verdict, and what each part cost."""
+
+    drafts: tuple[int, ...]
+    verdict: Verdict
+    catchup_seconds: float      # the draft reading tokens it skipped (plain passes, the prompt)
+    draft_seconds: float        # proposing the K drafts
+    verify_seconds: float       # the target pass over K+1 tokens, acceptance, rollback
+
+
+def speculative_step(draft: Draft, target: Target, seq: list[int], k: int, cache: KVCache, dcache: KVCache,
+                     sampling: SamplingConfig, rng: np.random.Generator) -> Window:
+    """Propose K tokens after ``seq``, verify them in one target pass, keep the accepted
+    prefix and one token of the target; both caches end at the committed sequence."""
+    t0 = perf_counter()
+    feed = seq[dcache.length:]
+    if len(feed) > 2:                        # catch up on skipped tokens in one call
+        draft.forward(feed[:-1], dcache)
+        feed = feed[-1:]
+    t1 = perf_counter()
+    drafts: list[int] = []
+    q: list[np.ndarray] = []                 # [K][V] the distributions the drafts were drawn from
+    for _ in range(k):
+        logits = draft.forward(feed, dcache)                                       # [V]
+        if sampling.greedy:
+            drafts.append(int(np.argmax(logits)))
+        else:
+            q.append(probabilities(logits, sampling))
+            drafts.append(sample(q[-1], rng))
+        feed = drafts[-1:]
+    t2 = perf_counter()
+    logits = target.forward([seq[-1], *drafts], cache, last_only=False)          # [K+1, V]
+    if sampling.greedy:
+        verdict = accept_greedy(drafts, logits)
+    else:
+        verdict = accept_sampling(drafts, np.stack(q), np.stack([probabilities(r, sampling) for r in logits]), rng)
+    committed = len(seq) + verdict.accepted                  # target cache keeps [.. last, d_1 .. d_n]
+    cache.truncate(committed)
+    dcache.truncate(min(dcache.length, committed))
+    return Window(tuple(drafts), verdict, t1 - t0, t2 - t1, perf_counter() - t2)

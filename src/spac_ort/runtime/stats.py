@@ -6,7 +6,7 @@ Timers accumulate per piece kind; the hot loop only adds floats (no logging per 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 
 class PieceTimers:
@@ -35,7 +35,9 @@ class RunReport:
     piece_seconds: dict[str, float] = field(default_factory=dict)
     piece_calls: dict[str, int] = field(default_factory=dict)
     speculative: bool = False
-    draft_tokens: int = 0          # K
+    draft_tokens: int = 0          # K, or the largest K auto may pick
+    draft_mode: Union[int, str] = 0                 # "auto" or the fixed K (0: plain decoding)
+    k_histogram: dict[int, int] = field(default_factory=dict)   # K -> target passes run with it (0 = plain)
     proposed: int = 0              # draft tokens proposed
     accepted: int = 0              # draft tokens accepted
     verify_steps: int = 0          # target passes that verified a window
@@ -44,6 +46,20 @@ class RunReport:
     draft_seconds: float = 0.0
     verify_seconds: float = 0.0
     tiers: Optional[dict[str, Any]] = None     # TieredExperts.summary() when a policy ran
+
+    def add_window(self, window: Any) -> None:
+        """Count one speculative window (a `speculative.Window`)."""
+        self.proposed += len(window.drafts)
+        self.accepted += window.verdict.accepted
+        self.verify_steps += 1
+        self.draft_seconds += window.catchup_seconds + window.draft_seconds
+        self.verify_seconds += window.verify_seconds
+
+    def add_pass(self, k: int, committed: int) -> None:
+        """Count one target pass after prefill: K drafts verified (0: plain), tokens committed."""
+        self.target_steps += 1
+        self.k_histogram[k] = self.k_histogram.get(k, 0) + 1
+        self.step_tokens += committed
 
     @property
     def mean_accepted(self) -> float:
@@ -77,6 +93,11 @@ class RunReport:
         """Time outside ORT calls: Python, numpy glue, sampling."""
         return max(0.0, self.total_seconds - self.ort_seconds)
 
+    def render_k_histogram(self) -> str:
+        """One line: target passes per K, e.g. ``K per target pass (0 = plain): 0 x12, 1 x30``."""
+        counts = ", ".join(f"{k} x{n}" for k, n in sorted(self.k_histogram.items()))
+        return f"K per target pass (0 = plain): {counts or 'none'}"
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d.update(mean_accepted=self.mean_accepted, acceptance_rate=self.acceptance_rate,
@@ -91,10 +112,11 @@ class RunReport:
             f"prefill {self.prefill_seconds * 1e3:.1f} ms, decode {self.tokens_per_second:.1f} tokens/s",
         ]
         if self.speculative:
-            lines.append(f"speculative K={self.draft_tokens}: proposed {self.proposed}, accepted {self.accepted} "
+            lines.append(f"speculative K={self.draft_mode}: proposed {self.proposed}, accepted {self.accepted} "
                          f"({self.acceptance_rate:.0%}), {self.mean_accepted:.2f} accepted per step, "
                          f"{self.tokens_per_target_step:.2f} tokens per target step; draft "
                          f"{self.draft_seconds * 1e3:.0f} ms, verify {self.verify_seconds * 1e3:.0f} ms")
+            lines.append(self.render_k_histogram())
         if self.tiers:
             t = self.tiers
             lines.append(f"policy {t['policy']} (fast tier: {t['fast_tier']}, {t['fast_slots']} slots): hit rate "
@@ -102,7 +124,8 @@ class RunReport:
                          f"on demand + {t['fetches_prefetch']} prefetched, evictions {t['evictions']}, "
                          f"{t['bytes_to_fast_per_token'] / 1e6:.2f} MB to the fast tier per token")
             if t["balancer_paths"]:
-                lines.append(f"balancer: {t['balancer_paths']}, median {t['balancer_median_us']:.0f} us; "
+                paths = ", ".join(f"{k} {v}" for k, v in t["balancer_paths"].items())
+                lines.append(f"balancer: {paths}, median {t['balancer_median_us']:.0f} us; "
                              f"prefetch queue delay median {t['prefetch_queue_delay_ms']:.2f} ms")
         total = self.total_seconds or 1.0
         parts = sorted(self.piece_seconds.items(), key=lambda kv: -kv[1])

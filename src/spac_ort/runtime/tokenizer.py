@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tokenizers import Tokenizer as _HFTokenizer
+from tokenizers.decoders import DecodeStream
 
 from ..errors import BundleError
 
@@ -24,16 +25,13 @@ class Tokenizer:
 
 
 class StreamDecoder:
-    """Turns a growing list of token ids into text increments, holding back a partial
-    UTF-8 character until it completes."""
+    """Token ids -> text increments as they arrive (``tokenizers``' DecodeStream: each
+    token costs the same, however long the output; a partial UTF-8 character is held back
+    until it completes)."""
 
     def __init__(self, tokenizer: Tokenizer):
-        self.tok, self.ids, self.emitted = tokenizer, [], 0
+        self._tok = tokenizer._tok
+        self._stream = DecodeStream(skip_special_tokens=True)
 
     def push(self, token: int) -> str:
-        self.ids.append(token)
-        text = self.tok.decode(self.ids)
-        if text.endswith("\ufffd"):
-            return ""
-        new, self.emitted = text[self.emitted:], len(text)
-        return new
+        return self._stream.step(self._tok, token) or ""

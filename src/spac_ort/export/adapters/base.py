@@ -7,7 +7,6 @@ one tensor per expert, or fused ``gate_up_proj [E, 2I, H]`` / ``down_proj [E, H,
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 import torch
@@ -15,6 +14,7 @@ import torch
 from ...errors import CheckpointError, UnsupportedModelError
 from ..checkpoint import WeightStore
 from ..config import ModelSpec
+from ..weights import AttentionWeights, SwiGLUWeights
 
 ADAPTERS: dict[str, type["Adapter"]] = {}
 
@@ -37,29 +37,6 @@ def adapter_for(cfg: dict[str, Any], weights: WeightStore) -> "Adapter":
             f"model_type '{model_type}' ({archs}) is not a supported MoE architecture; "
             f"supported: {supported}")
     return cls(cfg, weights)
-
-
-@dataclass(frozen=True)
-class SwiGLUWeights:
-    gate: torch.Tensor   # [I, H]
-    up: torch.Tensor     # [I, H]
-    down: torch.Tensor   # [H, I]
-
-
-@dataclass(frozen=True)
-class AttentionWeights:
-    input_norm: torch.Tensor
-    post_norm: torch.Tensor
-    q: torch.Tensor
-    k: torch.Tensor
-    v: torch.Tensor
-    o: torch.Tensor
-    q_bias: Optional[torch.Tensor]
-    k_bias: Optional[torch.Tensor]
-    v_bias: Optional[torch.Tensor]
-    o_bias: Optional[torch.Tensor]
-    q_norm: Optional[torch.Tensor]
-    k_norm: Optional[torch.Tensor]
 
 
 class Adapter:

@@ -11,7 +11,6 @@ RoPE on interleaved pairs when ``rope_interleave`` (the default), else on halves
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -19,31 +18,8 @@ import torch
 from ...errors import UnsupportedModelError
 from ...manifest import Family, LayerKind, Routing, Scoring, TopkMethod
 from ..config import ModelSpec, QKNorm, build_spec, first
-from .base import Adapter, SwiGLUWeights, register
-
-
-@dataclass(frozen=True)
-class MLASpec:
-    kv_lora_rank: int
-    q_lora_rank: Optional[int]
-    nope_dim: int
-    rope_dim: int
-    v_dim: int
-    rope_interleaved: bool = True
-
-
-@dataclass(frozen=True)
-class MLAWeights:
-    input_norm: torch.Tensor
-    post_norm: torch.Tensor
-    q: Optional[torch.Tensor]
-    q_a: Optional[torch.Tensor]
-    q_a_norm: Optional[torch.Tensor]
-    q_b: Optional[torch.Tensor]
-    kv_a: torch.Tensor
-    kv_a_norm: torch.Tensor
-    kv_b: torch.Tensor
-    o: torch.Tensor
+from ..weights import MLASpec, MLAWeights, SwiGLUWeights
+from .base import Adapter, register
 
 
 @register("deepseek_v2")

@@ -8,7 +8,8 @@ import torch
 
 from ...manifest import Family
 from ..config import ModelSpec, QKNorm, build_spec, first
-from .base import Adapter, SwiGLUWeights, register
+from ..weights import SwiGLUWeights
+from .base import Adapter, register
 
 
 @register("qwen3_moe")

@@ -11,17 +11,17 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import onnx
 
-from .. import naming
-from ..errors import BudgetError, BundleError
-from ..manifest import Manifest
+from ... import naming
+from ...errors import BudgetError, BundleError
+from ...manifest import Manifest
+from ..routing import Key
 
 WEIGHTS = ("w_gate", "w_up", "w_down")
-Key = tuple[int, int]
 
 
 @dataclass(frozen=True)
@@ -32,18 +32,33 @@ class TensorSlice:
     length: int
 
 
-def expert_layout(graph: Path) -> tuple[TensorSlice, ...]:
-    model = onnx.load(str(graph), load_external_data=False)
+def expert_layout(graph: Path, data_size: int) -> tuple[TensorSlice, ...]:
+    """Names, shapes and byte ranges of an expert's weights in its external-data file."""
+    try:
+        model = onnx.load(str(graph), load_external_data=False)
+    except Exception as exc:  # protobuf DecodeError, OSError, onnx's own errors
+        raise BundleError(f"cannot parse expert graph {graph} ({type(exc).__name__}); the file is corrupt: "
+                          "check the bundle with spac-export inspect --verify and re-export it") from None
     slices = {}
     for init in model.graph.initializer:
         if init.data_location == onnx.TensorProto.EXTERNAL:
             info = {e.key: e.value for e in init.external_data}
-            slices[init.name] = TensorSlice(init.name, tuple(init.dims), int(info.get("offset", 0)),
-                                            int(info["length"]))
+            try:
+                slices[init.name] = TensorSlice(init.name, tuple(init.dims), int(info.get("offset", 0)),
+                                                int(info["length"]))
+            except (KeyError, ValueError):
+                raise BundleError(f"expert graph {graph} has no valid offset/length for {init.name}; the graph is "
+                                  "corrupt, re-export the bundle") from None
     missing = [w for w in WEIGHTS if w not in slices]
     if missing:
         raise BundleError(f"expert graph {graph} lacks external weights {missing}; re-export the bundle")
-    return tuple(slices[w] for w in WEIGHTS)
+    out = tuple(slices[w] for w in WEIGHTS)
+    for s in out:
+        if s.offset < 0 or s.offset + s.length > data_size or s.length != 4 * int(np.prod(s.shape, dtype=np.int64)):
+            raise BundleError(f"expert graph {graph} places weight {s.name} {list(s.shape)} at bytes "
+                              f"{s.offset}..{s.offset + s.length} of a {data_size}-byte file; the graph is corrupt, "
+                              "re-export the bundle")
+    return out
 
 
 @dataclass
@@ -60,11 +75,18 @@ class ExpertStore:
     are dropped beyond the budget and read again from storage when needed.
     """
 
-    def __init__(self, bundle: Path, manifest: Manifest, ram_budget: Optional[int] = None):
+    def __init__(self, bundle: Path, manifest: Manifest, ram_budget: Optional[int] = None,
+                 on_storage_read: Optional[Callable[[int], None]] = None):
         self.bundle, self.m = bundle, manifest
+        self.on_storage_read = on_storage_read
         first = manifest.moe_layers()[0]
-        self.layout = expert_layout(bundle / manifest.expert_graph(first, 0))
+        self.layout = expert_layout(bundle / manifest.expert_graph(first, 0), manifest.experts.data_size)
         self.expert_bytes = sum(s.length for s in self.layout)
+        d = manifest.dims
+        want = ((d.hidden_size, d.expert_intermediate),) * 2 + ((d.expert_intermediate, d.hidden_size),)
+        if tuple(s.shape for s in self.layout) != want:
+            raise BundleError(f"expert weights have shapes {[list(s.shape) for s in self.layout]}, the manifest's "
+                              f"dims say {[list(w) for w in want]}; the bundle is inconsistent, re-export it")
         self.ram_budget = ram_budget
         if ram_budget is not None:
             need = manifest.dims.top_k * self.expert_bytes
@@ -96,6 +118,9 @@ class ExpertStore:
         with self._lock:
             self.counters.storage_reads += 1
             self.counters.storage_bytes += self.expert_bytes
+        if self.on_storage_read is not None:
+            self.on_storage_read(self.expert_bytes)
+        with self._lock:
             self._ram[key] = arrays
             if self.ram_budget is not None:
                 while len(self._ram) * self.expert_bytes > self.ram_budget:

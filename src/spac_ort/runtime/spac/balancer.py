@@ -29,7 +29,7 @@ from typing import Optional
 
 import numpy as np
 
-from ..profile import DeviceProfile
+from ...profile import DeviceProfile
 
 FRONTIER_LIMIT = 20000     # exact DP while the Pareto frontier stays at most this large
 ENUMERATE_LIMIT = 2048     # below this many class combinations, enumerate them all
@@ -113,7 +113,11 @@ def _frontier(size, fast_cost, slow_cost, fetched, cap: int, limit: int, bound: 
 
 def balance(d: LayerDemand, profile: DeviceProfile, expert_bytes: int, free_slots: int,
             transfer_budget: float = float("inf"), milp_time_limit: float = 0.005,
-            frontier_limit: int = FRONTIER_LIMIT, enumerate_limit: int = ENUMERATE_LIMIT) -> Assignment:
+            frontier_limit: int = FRONTIER_LIMIT, enumerate_limit: int = ENUMERATE_LIMIT,
+            solve_worth: float = 0.0) -> Assignment:
+    """``solve_worth``: seconds an exact solve is worth spending; when the greedy makespan
+    is within that of a lower bound, no solve could gain more than it costs, and the
+    greedy assignment is taken (path ``bound``)."""
     t0 = time.perf_counter()
     if d.experts.size == 0:
         return Assignment((), (), (), 0.0, "trivial", time.perf_counter() - t0)
@@ -124,6 +128,9 @@ def balance(d: LayerDemand, profile: DeviceProfile, expert_bytes: int, free_slot
     cap = int(free_slots) if not np.isfinite(transfer_budget) else int(min(free_slots, transfer_budget // one + 1e-9))
     cap = max(cap, 0)
     greedy = _greedy(size, fast_cost, slow_cost, fetched, xfer, cap, transfer_budget)
+    if solve_worth > 0 and _span(greedy, size, fast_cost, slow_cost) - _lower_bound(size, fast_cost, slow_cost) \
+            <= solve_worth:
+        return _assignment(d, keys, members, greedy, size, fast_cost, slow_cost, "bound", t0)
     if float(np.prod(size + 1)) <= enumerate_limit:
         y = _enumerate(size, fast_cost, slow_cost, fetched, cap)
     else:
@@ -135,6 +142,21 @@ def balance(d: LayerDemand, profile: DeviceProfile, expert_bytes: int, free_slot
         path = "milp"
         if y is None:
             y, path = greedy, "greedy"
+    return _assignment(d, keys, members, y, size, fast_cost, slow_cost, path, t0)
+
+
+def _span(y, size, fast_cost, slow_cost) -> float:
+    return max(float(y @ fast_cost), float((size - y) @ slow_cost))
+
+
+def _lower_bound(size, fast_cost, slow_cost) -> float:
+    """No assignment beats this: each unit runs at its cheaper cost, on two lanes at best."""
+    cheaper = np.minimum(fast_cost, slow_cost)
+    return max(float(size @ cheaper) / 2, float(cheaper[size > 0].max(initial=0.0)))
+
+
+def _assignment(d: LayerDemand, keys, members, y, size, fast_cost, slow_cost, path: str, t0: float) -> Assignment:
+    """Expert ids per lane from the per-class counts ``y`` (a class's first members go fast)."""
     fast_ids, slow_ids, fetch_ids = [], [], []
     for j, k in enumerate(keys):
         take = int(round(y[j]))
@@ -146,9 +168,8 @@ def balance(d: LayerDemand, profile: DeviceProfile, expert_bytes: int, free_slot
                     fetch_ids.append(e)
             else:
                 slow_ids.append(e)
-    span = max(float(y @ fast_cost), float((size - y) @ slow_cost))
-    return Assignment(tuple(sorted(fast_ids)), tuple(sorted(slow_ids)), tuple(sorted(fetch_ids)), span, path,
-                      time.perf_counter() - t0)
+    return Assignment(tuple(sorted(fast_ids)), tuple(sorted(slow_ids)), tuple(sorted(fetch_ids)),
+                      _span(y, size, fast_cost, slow_cost), path, time.perf_counter() - t0)
 
 
 def _milp(size, fast_cost, slow_cost, fetched, xfer, free_slots, transfer_budget, time_limit) -> Optional[np.ndarray]:

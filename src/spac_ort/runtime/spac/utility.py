@@ -23,7 +23,7 @@ from typing import Optional
 
 import numpy as np
 
-from ..errors import ConfigError
+from ...errors import ConfigError
 
 
 class UtilityMode(str, Enum):
@@ -120,8 +120,3 @@ def prefetch_order(levels: np.ndarray, counts: Optional[np.ndarray] = None) -> l
     recent = counts[layer_idx, expert_idx] if counts is not None else np.zeros_like(lv)
     order = np.lexsort((expert_idx, layer_idx, -recent, -lv))
     return [(int(layer_idx[i]), int(expert_idx[i])) for i in order]
-
-
-def eviction_rank(levels: np.ndarray, keys: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    """The given resident experts, lowest level first: the order to evict them in."""
-    return sorted(keys, key=lambda k: (levels[k], k))

@@ -9,20 +9,20 @@ import pytest
 from spac_ort.errors import BudgetError
 from spac_ort.manifest import load_manifest
 from spac_ort.profile import DeviceProfile
-from spac_ort.runtime.cache import SlotState, SlotTable
-from spac_ort.runtime.engine import TieredExperts
-from spac_ort.runtime.policies import SpacOptions, make_policy
 from spac_ort.runtime.routing import group_by_expert
 from spac_ort.runtime.sensor import StepRecord
-from spac_ort.runtime.utility import UtilityConfig
+from spac_ort.runtime.spac.policies import SpacOptions, make_policy
+from spac_ort.runtime.spac.utility import UtilityConfig
+from spac_ort.runtime.tiers.slots import SlotState, SlotTable
+from spac_ort.runtime.tiers.tiered import TieredExperts
 
 GPU = DeviceProfile("gpu-like", 60e-6, 2e-6, 1.6e-3, 1e-4, 10e-6, 25e9)
 
 
 def _engine(bundle, policy, budget, **kw):
     m = load_manifest(bundle)
-    return TieredExperts(bundle, m, make_policy(policy, GPU, SpacOptions(utility=UtilityConfig.for_mode("scaled"))),
-                         budget, **kw), m
+    return TieredExperts(bundle, m, make_policy(policy, SpacOptions(utility=UtilityConfig.for_mode("scaled"))),
+                         budget, profile=GPU, **kw), m
 
 
 @pytest.mark.parametrize("policy, sync", [("spac", False), ("spac", True), ("lru", False)])
@@ -32,7 +32,7 @@ def test_stress_random_routing(demo_bundle, policy, sync):
     d = m.dims
     for trial in range(2):
         budget = int(rng.integers(d.top_k, 60)) * ref.expert_bytes
-        eng, _ = _engine(demo_bundle, policy, budget, synchronous_prefetch=sync)
+        eng, _ = _engine(demo_bundle, policy, budget, overlap=not sync)
         try:
             for step in range(300):
                 t = int(rng.integers(1, 10))
@@ -115,7 +115,7 @@ def test_graphs_use_an_ir_version_older_runtimes_read(demo_bundle):
     """onnxruntime 1.30 (the CUDA build on the GPU host) reads IR <= 13; phones lag more."""
     import onnx
 
-    from spac_ort.runtime.pools import swiglu_graph
+    from spac_ort.runtime.graphs import swiglu_graph
 
     assert onnx.load_from_string(swiglu_graph(8, 4)).ir_version == 8
     for rel in ("embed.onnx", "head.onnx", "layers/000/attention.onnx", "layers/000/experts/000.onnx",

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from spac_ort.profile import DeviceProfile
-from spac_ort.runtime.balancer import LayerDemand, balance, brute_force
+from spac_ort.runtime.spac.balancer import LayerDemand, balance, brute_force
 
 GPU = DeviceProfile("gpu-like", 60e-6, 2e-6, 1.6e-3, 1e-4, 10e-6, 25e9)
 EVEN = DeviceProfile("even", 50e-6, 5e-6, 50e-6, 5e-6, 5e-6, 5e9)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from spac_ort.errors import ConfigError
-from spac_ort.runtime.utility import (UtilityConfig, UtilityMode, UtilityState, boundaries, eviction_rank,
+from spac_ort.runtime.spac.utility import (UtilityConfig, UtilityMode, UtilityState, boundaries,
                                       prefetch_order, update)
 
 
@@ -78,12 +78,10 @@ def test_adaptive_levels_rise_for_experts_that_stand_out():
     assert s.histogram is not None and s.histogram.shape[0] == 1
 
 
-def test_prefetch_and_eviction_orders_agree():
+def test_prefetch_order():
     levels = np.array([[0, 3, 1], [5, 0, 3]])
     counts = np.array([[0, 2, 1], [4, 0, 5]])
-    order = prefetch_order(levels, counts)
-    assert order == [(1, 0), (1, 2), (0, 1), (0, 2)]
-    assert eviction_rank(levels, order) == list(reversed(order))
+    assert prefetch_order(levels, counts) == [(1, 0), (1, 2), (0, 1), (0, 2)]
 
 
 def test_invalid_config():

@@ -1,0 +1,30 @@
+"""Typed options of a `Generator`'s expert tiers (``Generator.from_bundle(tiers=...)``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional, Union
+
+from ..profile import DeviceProfile
+from .sessions import CPU
+from .spac.policies import Policy, SpacOptions
+
+
+@dataclass(frozen=True)
+class TierConfig:
+    """Experts placed by ``policy`` (a name from `spac.policies.POLICIES` or a `Policy`)
+    over a fast tier of ``fast_budget`` ("2GiB", "17%" of all experts, or bytes as an
+    int; default: every expert), the CPU, and the bundle's files under ``ram_budget``
+    (default: unlimited). ``profile`` is the balancer's cost model (default: a CPU
+    stand-in). ``overlap``: copies and the fast lane run beside the decode thread (True),
+    or inline after each step and each layer (False); None chooses: overlap with an
+    accelerator, inline with a CPU stand-in, where a second thread only contends for the
+    same cores."""
+
+    policy: Union[str, Policy]
+    fast_budget: Union[str, int, None] = None
+    ram_budget: Union[str, int, None] = None
+    fast_providers: tuple[str, ...] = (CPU,)
+    profile: Optional[DeviceProfile] = None
+    spac: SpacOptions = field(default_factory=SpacOptions)
+    overlap: Optional[bool] = None

@@ -1,0 +1,260 @@
+"""Draft length control: pick K, the draft tokens of the next speculative step, online.
+
+Pure: no ORT, no clocks. The generator times each target pass and hands the seconds in.
+
+Legend: K draft tokens, T tokens in a target pass (K+1; plain decoding is K=0, T=1),
+a the probability that the target accepts a draft token given the ones before it.
+
+Cost model of one step with K drafts, in units of one plain pass (v seconds):
+
+    tokens(K) = 1 + a + a^2 + .. + a^K = (1 - a^(K+1)) / (1 - a)    accepted prefix + 1
+    time(K)   = K * d + verify(K+1)                                  verify(T) = 1 + s*(T-1)
+    choose      argmax_K tokens(K) / time(K)                          K=0: one plain pass
+
+``a`` comes from decayed counts of accepted and rejected drafts (a window of K drafts
+with n accepted adds n successes and, when n < K, one failure; older verdicts fade by
+``1 - smoothing`` per verdict). ``v`` tracks the lower envelope of plain-pass times (a
+busy machine only ever adds time). Windows are timed against the ``v`` of their moment
+and tracked the same way: each target pass over T tokens gives s = (seconds / v - 1) /
+(T - 1), its drafts d = seconds per draft token / v. Ratios stay valid when the whole
+machine slows down or speeds up, where absolute times of rarely seen window sizes go
+stale; pooling every T into one ``s`` gives it many measurements. ``s`` is learned only
+from windows close to a plain pass; during a run of windows ``v`` follows the machine
+through them instead (v = seconds / (1 + s*(T-1))), and every ``anchor_interval`` windows
+one plain pass measures it again. The first plain pass after the prompt runs cold and is
+not timed; two more are, before the first window. Until ``s`` has a few measurements
+it is pulled toward its prior.
+
+While K=0 nothing measures ``a``: every ``interval`` plain passes one probe window (the
+best K >= 1) is verified; a probe that loses doubles the interval, and stretches it
+further until what the probe lost (its time, the draft catching up on the skipped
+tokens included, over a plain pass per emitted token) is at most ``probe_budget`` of
+the plain passes in between; one that wins resets it. Text that turns predictable is
+noticed, hopeless text costs one probe per ``max_probe_interval`` tokens at most. No
+probe is spent when fewer tokens remain than the interval: what it could find would
+have too little text left to pay off.
+
+    control = DraftController(DraftControlConfig())
+    k = control.choose(remaining=tokens_left)  # 0 = plain pass
+    ... draft k tokens, verify k+1 ...
+    control.observe(k, accepted, draft_seconds, target_seconds, target_tokens=k + 1)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from ..errors import ConfigError
+
+_FULL_WEIGHT = 8        # measurements of s after which its prior no longer counts much
+_FRESH = 4              # v is measured, not inferred, for this many steps after a plain pass
+
+
+@dataclass(frozen=True)
+class DraftControlConfig:
+    max_k: int = 8                   # largest K the controller may pick
+    min_k: int = 0                   # 1 when a policy needs every pass to verify a window
+    smoothing: float = 0.1           # acceptance: weight of the newest draft-token verdict
+    cost_fall: float = 0.5           # a running cost moves this share toward a lower measurement ...
+    cost_rise: float = 0.05          # ... and this share toward a higher one (a busy machine only adds time)
+    probe_interval: int = 8          # plain passes before the first probe
+    anchor_interval: int = 32        # windows in a row before one plain pass re-measures v
+    max_probe_interval: int = 128    # the interval doubles up to this while probes lose ...
+    probe_budget: float = 0.01       # ... or grows until a losing probe costs this share of the plain time
+    prior_acceptance: float = 0.5    # a before any window was verified ...
+    prior_weight: float = 2.0        # ... worth this many draft tokens of evidence
+    prior_token_cost: float = 0.25   # s before windows were timed ...
+    prior_cost_weight: float = 2.0   # ... and its weight, in timed windows
+    prior_draft_cost: float = 0.2    # d before a draft token was timed
+    measure_costs: bool = True       # False: decide from acceptance and the cost priors only, so
+                                     # the K sequence (and a seeded sample) does not depend on timing
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.min_k <= self.max_k or self.max_k < 1:
+            raise ConfigError(f"draft control K range [{self.min_k}, {self.max_k}] is empty or below 1; "
+                              "use 0 <= min_k <= max_k and max_k >= 1")
+        if not (0 < self.smoothing <= 1 and 0 < self.cost_fall <= 1 and 0 < self.cost_rise <= 1):
+            raise ConfigError("draft control smoothing, cost_fall and cost_rise must be in (0, 1]")
+        if self.anchor_interval < 1:
+            raise ConfigError(f"anchor interval {self.anchor_interval} must be at least 1")
+        if not 1 <= self.probe_interval <= self.max_probe_interval:
+            raise ConfigError(f"probe interval {self.probe_interval} must be in [1, max_probe_interval "
+                              f"{self.max_probe_interval}]")
+        if not 0 < self.probe_budget <= 1:
+            raise ConfigError(f"probe budget {self.probe_budget} must be in (0, 1]")
+        if not 0 < self.prior_acceptance < 1 or self.prior_weight <= 0:
+            raise ConfigError("prior acceptance must be in (0, 1) with a positive weight")
+        if min(self.prior_token_cost, self.prior_draft_cost, self.prior_cost_weight) < 0:
+            raise ConfigError("prior token and draft costs and their weight must not be negative")
+
+
+def expected_tokens(a: float, k: int) -> float:
+    """Tokens one step emits with K drafts, per-token acceptance ``a``: accepted prefix + 1."""
+    return k + 1.0 if a >= 1.0 else (1.0 - a ** (k + 1)) / (1.0 - a)
+
+
+def step_rates(a: float, draft_s: float, verify_v: float, verify_s: float, max_k: int) -> list[float]:
+    """Expected tokens per second of a step for K = 0 .. max_k, [max_k + 1]."""
+    # verify(T = K+1) = v + s*K; plain Python: this runs before steps
+    return [expected_tokens(a, k) / max(k * draft_s + verify_v + verify_s * k, 1e-12) for k in range(max_k + 1)]
+
+
+def _argmax(values: list[float], lo: int) -> int:
+    return max(range(lo, len(values)), key=values.__getitem__)
+
+
+class _Cost:
+    """Running value near the lower envelope of its measurements: it moves ``fall`` of the
+    way toward a lower one and ``rise`` of the way toward a higher one."""
+
+    def __init__(self, fall: float, rise: float):
+        self.fall, self.rise = fall, rise
+        self.mean = 0.0
+        self.n = 0
+
+    def add(self, value: float) -> None:
+        self.n += 1
+        if self.n == 1:
+            self.mean = value
+        else:
+            self.mean += (self.fall if value < self.mean else self.rise) * (value - self.mean)
+
+
+class DraftController:
+    """Picks K per step from measured acceptance and costs; see the module docstring."""
+
+    mode = "auto"
+
+    def __init__(self, config: DraftControlConfig = DraftControlConfig()):
+        self.config = config
+        self._accepted = 0.0                    # decayed draft tokens accepted
+        self._rejected = 0.0                    # decayed rejections (at most one per window)
+        self._plain = self._cost()              # v: seconds of a plain pass
+        self._token = self._cost()              # s: seconds a token adds to a target pass / v
+        self._draft = self._cost()              # d: seconds per draft token / v
+        self._interval = config.probe_interval
+        self._plain_run = config.probe_interval                # plain passes since the last window
+        self._since_plain = _FRESH                              # steps since the last plain pass
+        self._plain_seen = 0                                    # plain passes observed, timed or not
+        self._update()
+
+    def _cost(self) -> _Cost:
+        return _Cost(self.config.cost_fall, self.config.cost_rise)
+
+    @property
+    def largest(self) -> int:
+        return self.config.max_k
+
+    # ---- estimates ---------------------------------------------------------------------
+    @property
+    def acceptance(self) -> float:
+        c = self.config
+        return (self._accepted + c.prior_acceptance * c.prior_weight) / (
+            self._accepted + self._rejected + c.prior_weight)
+
+    def token_cost(self) -> float:
+        """s: what one more token adds to a target pass, in plain passes; the measured
+        value and the prior weighted by their counts (the measurements' up to a limit)."""
+        c = self.config
+        n = min(self._token.n, _FULL_WEIGHT)
+        return (c.prior_cost_weight * c.prior_token_cost + n * self._token.mean) / (c.prior_cost_weight + n)
+
+    def draft_cost(self) -> float:
+        """d: seconds per draft token, in plain passes."""
+        return self._draft.mean if self._draft.n else self.config.prior_draft_cost
+
+    def rates(self) -> list[float]:
+        """Expected tokens per plain-pass time for K = 0 .. max_k, [max_k + 1]."""
+        return step_rates(self.acceptance, self.draft_cost(), 1.0, self.token_cost(), self.config.max_k)
+
+    def _update(self) -> None:
+        rates = self.rates()
+        self._best = _argmax(rates, self.config.min_k)     # highest expected rate, K >= min_k
+        self._best_window = _argmax(rates, 1)              # the same among K >= 1: a probe's K
+
+    def best(self) -> int:
+        """The K with the highest expected rate, at least ``min_k`` (no probing)."""
+        return self._best
+
+    # ---- decisions ---------------------------------------------------------------------
+    @property
+    def probing(self) -> bool:
+        """The next window (if any) is a probe after a run of plain passes."""
+        return self._plain_run >= self._interval
+
+    def choose(self, remaining: Optional[int] = None) -> int:
+        """K for the next step; 0 = a plain pass. ``remaining``: tokens still to generate,
+        if known. Does not change the state."""
+        c = self.config
+        if c.measure_costs and c.min_k == 0 and (self._plain.n < 2 or self._since_plain >= c.anchor_interval):
+            return 0                            # (re)measure v, the unit of all costs
+        if self._best == 0 and self.probing and (remaining is None or remaining >= self._interval):
+            return self._best_window
+        return self._best
+
+    def observe(self, k: int, accepted: int, draft_seconds: float, target_seconds: float,
+                target_tokens: int, catchup_seconds: float = 0.0) -> None:
+        """Record a step: K drafts (0 = plain), ``accepted`` of them kept, the seconds spent
+        drafting them and in the target pass over ``target_tokens`` (T) tokens, and before
+        that letting the draft read tokens it skipped."""
+        assert 0 <= accepted <= k and target_tokens >= 1, (k, accepted, target_tokens)
+        if self.config.measure_costs:
+            self._time(k, draft_seconds, target_seconds, target_tokens)
+        if k == 0:
+            self._plain_run += 1
+            if self.probing:                    # acceptance is unchanged: decide again at the next probe
+                self._update()
+            return
+        rejected = 1 if accepted < k else 0
+        keep = (1.0 - self.config.smoothing) ** (accepted + rejected)
+        self._accepted = keep * self._accepted + accepted
+        self._rejected = keep * self._rejected + rejected
+        self._update()
+        if self.probing:
+            lost = catchup_seconds + draft_seconds + target_seconds - (accepted + 1) * self._plain.mean
+            self._interval = self._next_interval(lost) if self._best == 0 else self.config.probe_interval
+        self._plain_run = 0
+
+    def _next_interval(self, lost_seconds: float) -> int:
+        """Plain passes before the next probe, after one that lost ``lost_seconds``."""
+        c = self.config
+        budget = lost_seconds / (c.probe_budget * self._plain.mean) if self._plain.n else 0.0
+        return int(min(max(2 * self._interval, budget), c.max_probe_interval))
+
+    def _time(self, k: int, draft_seconds: float, target_seconds: float, target_tokens: int) -> None:
+        if target_tokens == 1:
+            self._plain_seen += 1
+            self._since_plain = 0
+            if self._plain_seen > 1:            # the first one after the prompt runs cold
+                self._plain.add(target_seconds)
+            return
+        self._since_plain += 1
+        if self._since_plain <= _FRESH and self._plain.n:
+            self._token.add(max(0.0, target_seconds / self._plain.mean - 1.0) / (target_tokens - 1))
+        else:                                   # v of a while ago (or none, min_k >= 1): follow the machine
+            self._plain.add(target_seconds / (1.0 + self.token_cost() * (target_tokens - 1)))
+        if k:
+            self._draft.add(draft_seconds / k / self._plain.mean)
+
+
+class FixedDraft:
+    """The same K every step (``--draft-tokens N``); 0 = plain decoding."""
+
+    def __init__(self, k: int):
+        self.k = k
+
+    @property
+    def mode(self) -> int:
+        return self.k
+
+    @property
+    def largest(self) -> int:
+        return self.k
+
+    def choose(self, remaining: Optional[int] = None) -> int:
+        return self.k
+
+    def observe(self, k: int, accepted: int, draft_seconds: float, target_seconds: float,
+                target_tokens: int, catchup_seconds: float = 0.0) -> None:
+        pass

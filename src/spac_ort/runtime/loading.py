@@ -1,0 +1,85 @@
+"""Loading a bundle into the parts a `Generator` runs: the target's backbone over an
+expert backend (every expert resident, or placed in tiers by a policy), the tokenizer and
+the draft model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional, Sequence, Union
+
+from ..budget import parse_budget
+from ..bundle_files import check_present, verify_files
+from ..errors import BundleError
+from ..manifest import Manifest, load_manifest
+from .backbone import Backbone
+from .config import TierConfig
+from .draft import DraftModel, find_graph
+from .experts import ExpertBackend, resident_backend
+from .spac.policies import Policy, make_policy
+from .tiers.tiered import TieredExperts
+from .tokenizer import Tokenizer
+
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass
+class Parts:
+    bundle: Path
+    manifest: Manifest
+    backbone: Backbone
+    tokenizer: Optional[Tokenizer]
+    draft: Optional[DraftModel]
+    policy: Optional[Policy]
+
+
+def load(path: Union[str, Path], *, verify: bool, draft: Optional[Union[str, Path]], providers: Sequence[str],
+         experts: str, tiers: Optional[TierConfig], progress: Optional[Progress]) -> Parts:
+    bundle = Path(path)
+    manifest = load_manifest(bundle)
+    if verify:
+        verify_files(bundle, manifest, (lambda i, n: progress("verify", i, n)) if progress else None)
+    else:
+        check_present(bundle, manifest)
+    policy = None
+    if tiers is None:
+        backend: ExpertBackend = resident_backend(
+            experts, bundle, manifest, providers, (lambda i, n: progress("load experts", i, n)) if progress else None)
+    else:
+        policy = tiers.policy if isinstance(tiers.policy, Policy) else make_policy(tiers.policy, tiers.spac)
+        backend = _tiered(bundle, manifest, policy, tiers)
+    try:
+        backbone = Backbone(bundle, manifest, backend, providers)
+        tok = Tokenizer(bundle / manifest.tokenizer) if manifest.tokenizer else None
+        draft_model = _draft(bundle, manifest, draft, providers)
+    except BaseException:
+        backend.close()
+        raise
+    return Parts(bundle, manifest, backbone, tok, draft_model, policy)
+
+
+def _budget(value: Union[str, int, None], total: int, what: str) -> Optional[int]:
+    if value is None or isinstance(value, int):
+        return value
+    return parse_budget(value, total, what)
+
+
+def _tiered(bundle: Path, manifest: Manifest, policy: Policy, tiers: TierConfig) -> TieredExperts:
+    total = len(manifest.moe_layers()) * manifest.dims.num_experts * manifest.expert_bytes()
+    return TieredExperts(bundle, manifest, policy, _budget(tiers.fast_budget, total, "fast budget"),
+                         _budget(tiers.ram_budget, total, "RAM budget"), tiers.fast_providers, tiers.profile,
+                         tiers.overlap)
+
+
+def _draft(bundle: Path, manifest: Manifest, directory: Optional[Union[str, Path]],
+           providers: Sequence[str]) -> Optional[DraftModel]:
+    if directory is not None:
+        model = DraftModel(find_graph(Path(directory)), providers)
+    elif manifest.draft is not None:
+        model = DraftModel(bundle / manifest.draft.graph, providers)
+    else:
+        return None
+    if model.shape.vocab_size not in (-1, manifest.dims.vocab_size):
+        raise BundleError(f"the draft's vocabulary ({model.shape.vocab_size}) differs from the target's "
+                          f"({manifest.dims.vocab_size}); use a draft that shares the target's tokenizer")
+    return model
