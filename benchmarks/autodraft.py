@@ -8,8 +8,9 @@ order rotates from round to round), so a noisy machine slows them alike and each
 the same cold start per turn; a generator's decode time excludes the time spent in the
 others. Tokens/s is decode throughput summed over a domain's rounds
 (new tokens after the first over decode seconds); the paired ratio is the geometric mean
-of auto / plain over the rounds with a 95% interval. Every output is checked token for
-token against plain decoding. Prints a table, writes JSON.
+of auto / plain over the rounds with a 95% interval. Plain decoding runs twice; the
+second run against the first (A/A) shows the resolution of the measurement. Every output
+is checked token for token against plain decoding. Prints a table, writes JSON.
 """
 
 from __future__ import annotations
@@ -30,7 +31,9 @@ Draft = Union[int, str, None]          # draft_tokens; None = plain decoding
 
 
 def configs(k: int) -> list[tuple[str, Draft]]:
-    return [("plain", None), (f"K={k}", k), ("auto", "auto")]
+    """The compared configurations, and plain decoding once more: an A/A control that shows
+    how far two identical configurations drift apart in this measurement."""
+    return [("plain", None), (f"K={k}", k), ("auto", "auto"), ("plain again", None)]
 
 
 def _result(gen: Generator, tokens: list[int]) -> dict:
@@ -124,6 +127,7 @@ def summarise_domain(records: list[dict], k: int) -> dict:
             hist[kk] += n
     tps = {label: s["decode_tokens"] / s["decode_seconds"] for label, s in sums.items()}
     gm, lo, hi = paired([_rate(r["results"]["auto"]) / _rate(r["results"]["plain"]) for r in records])
+    aa = paired([_rate(r["results"]["plain again"]) / _rate(r["results"]["plain"]) for r in records])
     steps = sum(hist.values())
     return {
         "prompts": len({r["id"] for r in records}), "rounds": len(records),
@@ -132,6 +136,7 @@ def summarise_domain(records: list[dict], k: int) -> dict:
         "auto_vs_plain": tps["auto"] / tps["plain"],
         "auto_vs_best": tps["auto"] / max(tps["plain"], tps[fixed]),
         "auto_vs_plain_paired": gm, "auto_vs_plain_paired_95": [lo, hi],
+        "control_vs_plain_paired": aa[0], "control_vs_plain_paired_95": [aa[1], aa[2]],
         "auto_plain_share": hist.get(0, 0) / steps, "auto_mean_k": sum(kk * n for kk, n in hist.items()) / steps,
         "auto_k_histogram": dict(sorted(hist.items())),
     }
@@ -152,10 +157,12 @@ def raw(records: list[dict]) -> list[dict]:
 
 def rows(summary: dict[str, dict], model: str) -> list[list]:
     return [[model, dom, r["prompts"], r["plain_tokens_per_s"], r["fixed_tokens_per_s"], r["fixed_acceptance"],
-             r["auto_tokens_per_s"], r["auto_vs_plain"],
+             r["auto_tokens_per_s"],
              f"{r['auto_vs_plain_paired']:.2f} [{r['auto_vs_plain_paired_95'][0]:.2f}, "
              f"{r['auto_vs_plain_paired_95'][1]:.2f}]",
-             r["auto_vs_best"], r["auto_plain_share"], r["auto_mean_k"]]
+             r["auto_vs_best"], r["auto_plain_share"], r["auto_mean_k"],
+             f"{r['control_vs_plain_paired']:.2f} [{r['control_vs_plain_paired_95'][0]:.2f}, "
+             f"{r['control_vs_plain_paired_95'][1]:.2f}]"]
             for dom, r in summary.items()]
 
 
@@ -184,8 +191,8 @@ def main() -> None:
         records = measure(gens, prompts, args.k, args.new_tokens, args.repeats, args.slice)
         results["demo"], rounds["demo"] = summarise(records, args.k), raw(records)
     print(table(["model", "domain", "prompts", "plain tok/s", f"K={args.k} tok/s", f"K={args.k} acceptance",
-                 "auto tok/s", "auto / plain", "auto / plain, paired [95%]", f"auto / max(plain, K={args.k})",
-                 "auto plain share", "auto mean K"],
+                 "auto tok/s", "auto / plain, paired [95%]", f"auto / max(plain, K={args.k})",
+                 "auto plain share", "auto mean K", "A/A: plain again / plain [95%]"],
                 [row for model, summary in results.items() for row in rows(summary, model)]))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"machine": machine(), "new_tokens": args.new_tokens, "k": args.k,

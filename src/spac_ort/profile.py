@@ -62,8 +62,3 @@ class DeviceProfile:
             reason = getattr(exc, "strerror", None) or str(exc).splitlines()[0][:200]
             raise ConfigError(f"cannot read device profile {path} ({reason}); write one with "
                               "spac-run BUNDLE --calibrate PROFILE.json") from None
-
-
-# Measured on a GPU host (ORT CUDA EP, Qwen3-30B-A3B expert size, fp16): ~65 us per
-# expert call on the GPU, 1.6 ms per fp32 expert at T=1 on the host CPU, pinned copies.
-H200_QWEN3_30B = DeviceProfile("h200-qwen3-30b", 65e-6, 2e-6, 1.6e-3, 1.0e-4, 10e-6, 51e9)

@@ -272,3 +272,12 @@ def test_manifest_that_is_not_json_or_too_deep(hostile):
         with pytest.raises(BundleError):
             load_manifest(hostile)
         one_line_error(run(hostile, "-p", "hi"), "spac-manifest.json")
+
+
+def test_graph_io_must_match_the_manifest(hostile):
+    """The backbone binds inputs by position: a graph whose inputs differ in name or
+    order from the manifest's is refused at load."""
+    def swap(d):
+        d["io"]["attention"]["inputs"] = list(reversed(d["io"]["attention"]["inputs"]))
+    edit_manifest(hostile, swap)
+    one_line_error(run(hostile, "-p", "hi", "-n", "2"), "layers/000/attention.onnx", "does not belong")

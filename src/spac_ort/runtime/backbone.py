@@ -49,20 +49,35 @@ class Backbone:
         self.experts = experts
         self.timers = PieceTimers()
         self.observers: list[RoutingObserver] = []
-        self.embed = Piece(bundle / naming.EMBED, providers)
-        self.head = Piece(bundle / naming.HEAD, providers)
+        self._bundle, self._providers = bundle, providers
+        self.embed = self._piece(naming.EMBED, PieceKind.EMBED)
+        self.head = self._piece(naming.HEAD, PieceKind.HEAD)
         self.attention: list[Piece] = []
         self.router: dict[int, Piece] = {}
         self.shared: dict[int, Piece] = {}
         self.dense: dict[int, Piece] = {}
         for layer, kind in enumerate(manifest.layer_kinds):
-            self.attention.append(Piece(bundle / naming.layer_piece(PieceKind.ATTENTION, layer), providers))
+            self.attention.append(self._layer_piece(PieceKind.ATTENTION, layer))
             if kind is LayerKind.MOE:
-                self.router[layer] = Piece(bundle / naming.layer_piece(PieceKind.ROUTER, layer), providers)
+                self.router[layer] = self._layer_piece(PieceKind.ROUTER, layer)
                 if manifest.dims.shared_expert_intermediate:
-                    self.shared[layer] = Piece(bundle / naming.layer_piece(PieceKind.SHARED_EXPERT, layer), providers)
+                    self.shared[layer] = self._layer_piece(PieceKind.SHARED_EXPERT, layer)
             else:
-                self.dense[layer] = Piece(bundle / naming.layer_piece(PieceKind.DENSE_MLP, layer), providers)
+                self.dense[layer] = self._layer_piece(PieceKind.DENSE_MLP, layer)
+
+    def _layer_piece(self, kind: PieceKind, layer: int) -> Piece:
+        return self._piece(naming.layer_piece(kind, layer), kind)
+
+    def _piece(self, rel: str, kind: PieceKind) -> Piece:
+        """A session over a bundle graph whose inputs and outputs, in order, are the ones the
+        manifest names for its kind (the backbone binds them by position)."""
+        piece = Piece(self._bundle / rel, self._providers)
+        io = self.m.io.get(kind.value)
+        if io is None or (piece.inputs, piece.outputs) != (io.inputs, io.outputs):
+            want = f"{list(io.inputs)} -> {list(io.outputs)}" if io else f"no '{kind.value}' entry in its io"
+            raise BundleError(f"graph {rel} has {list(piece.inputs)} -> {list(piece.outputs)}, the manifest says {want}; "
+                              "the graph does not belong to this bundle, re-export it")
+        return piece
 
     def new_cache(self) -> KVCache:
         d = self.m.dims

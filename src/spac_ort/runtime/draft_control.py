@@ -1,6 +1,6 @@
 """Draft length control: pick K, the draft tokens of the next speculative step, online.
 
-Pure: no ORT, no clocks. The generator times each target pass and hands the seconds in.
+Pure: no ORT, no clocks. The generator times each step and hands the seconds in.
 
 Legend: K draft tokens, T tokens in a target pass (K+1; plain decoding is K=0, T=1),
 a the probability that the target accepts a draft token given the ones before it.
@@ -11,33 +11,32 @@ Cost model of one step with K drafts, in units of one plain pass (v seconds):
     time(K)   = K * d + verify(K+1)                                  verify(T) = 1 + s*(T-1)
     choose      argmax_K tokens(K) / time(K)                          K=0: one plain pass
 
-``a`` comes from decayed counts of accepted and rejected drafts (a window of K drafts
-with n accepted adds n successes and, when n < K, one failure; older verdicts fade by
-``1 - smoothing`` per verdict). ``v`` tracks the lower envelope of plain-pass times (a
-busy machine only ever adds time). Windows are timed against the ``v`` of their moment
-and tracked the same way: each target pass over T tokens gives s = (seconds / v - 1) /
-(T - 1), its drafts d = seconds per draft token / v. Ratios stay valid when the whole
-machine slows down or speeds up, where absolute times of rarely seen window sizes go
-stale; pooling every T into one ``s`` gives it many measurements. ``s`` is learned only
-from windows close to a plain pass; during a run of windows ``v`` follows the machine
-through them instead (v = seconds / (1 + s*(T-1))), and every ``anchor_interval`` windows
-one plain pass measures it again. The first plain pass after the prompt runs cold and is
-not timed; two more are, before the first window. Until ``s`` has a few measurements
-it is pulled toward its prior.
+Estimates:
+- a: decayed counts of verdicts (a window with n of K drafts accepted adds n successes
+  and, when n < K, one failure; older verdicts fade by ``1 - smoothing`` each).
+- v: lower envelope of plain-pass seconds (a busy machine only ever adds time). The first
+  plain pass after the prompt runs cold and is not timed; two more are, before any
+  window. After ``anchor_interval`` windows in a row one plain pass measures v again; in
+  between, v follows the machine through the windows (v = seconds / (1 + s*(T-1))).
+- s, d: each window close to a plain pass gives s = (seconds / v - 1) / (T - 1) and
+  d = seconds per draft token / v, tracked like v. Ratios to the v of their moment stay
+  valid when the whole machine speeds up or slows down, and one s for every T gathers
+  many measurements. s is pulled toward its prior until it has a few.
 
-While K=0 nothing measures ``a``: every ``interval`` plain passes one probe window (the
-best K >= 1) is verified; a probe that loses doubles the interval, and stretches it
-further until what the probe lost (its time, the draft catching up on the skipped
-tokens included, over a plain pass per emitted token) is at most ``probe_budget`` of
-the plain passes in between; one that wins resets it. Text that turns predictable is
-noticed, hopeless text costs one probe per ``max_probe_interval`` tokens at most. No
-probe is spent when fewer tokens remain than the interval: what it could find would
-have too little text left to pay off.
+Probes: at K=0 nothing measures a. After ``interval`` plain passes one probe window (the
+best K >= 1) is verified. A probe that wins resets the interval; one that loses doubles
+it, and stretches it until what the probe lost (its time, the draft catching up on the
+skipped tokens included, against one plain pass per emitted token) is at most
+``probe_budget`` of the plain passes up to the next probe, up to ``max_probe_interval``.
+No probe is spent when fewer tokens remain than the interval: what it could find would
+have too little text left to pay off. A seeded sample must repeat, so with
+``measure_costs=False`` the seconds are ignored and the cost priors stand in for them.
 
     control = DraftController(DraftControlConfig())
     k = control.choose(remaining=tokens_left)  # 0 = plain pass
     ... draft k tokens, verify k+1 ...
-    control.observe(k, accepted, draft_seconds, target_seconds, target_tokens=k + 1)
+    control.observe(k, accepted, draft_seconds, target_seconds, target_tokens=k + 1,
+                    catchup_seconds=catchup)
 """
 
 from __future__ import annotations

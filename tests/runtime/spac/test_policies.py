@@ -93,7 +93,11 @@ def test_spac_ranking_agrees_with_its_prefetch_order():
     order = list(decision.prefetch)
     ranks = [decision.ranking.rank[k] for k in order]
     assert ranks == sorted(ranks, reverse=True)
-    assert all(decision.ranking.floor[k] > decision.ranking.rank[k] for k in order)
+    levels = decision.state.utility.levels
+    # a copy of k may evict only occupants ranking below floor[k]: experts of a lower level
+    assert all(decision.ranking.floor[k] == levels[k] <= decision.ranking.rank[k] < levels[k] + 1 for k in order)
+    within = Spac(SpacOptions(evict_within_level=True)).observe(v, pol.initial_state(v), records(1)[0])
+    assert all(within.ranking.floor[k] == levels[k] + 1 for k in order)
 
 
 def test_lru_fetches_every_miss():

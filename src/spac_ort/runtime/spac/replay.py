@@ -16,6 +16,7 @@ from ..routing import Key
 from ..sensor import StepRecord
 from .balancer import LayerDemand
 from .policies import Policy, Ranking, TierView
+from .utility import deadline_order
 
 
 @dataclass
@@ -72,7 +73,9 @@ def replay(policy: Policy, view: TierView, records: Iterable[StepRecord]) -> Rep
             _layer(policy, view, state, ranking, tier, stats, layer, record.counts[layer])
         decision = policy.observe(view, state, record)
         state, ranking = decision.state, decision.ranking
-        for key in decision.prefetch if policy.prefetches and view.slots else ():
+        # the tier's plan orders prefetches by deadline; layers are needed in their order
+        prefetch = deadline_order(list(decision.prefetch), view.slots, {l: i for i, l in enumerate(view.moe_layers)})
+        for key in prefetch if policy.prefetches and view.slots else ():
             if tier.claim(key, ranking, float(ranking.floor[key]), set()):
                 stats.fetches_prefetch += 1
     stats.evictions = tier.evictions

@@ -120,3 +120,11 @@ def prefetch_order(levels: np.ndarray, counts: Optional[np.ndarray] = None) -> l
     recent = counts[layer_idx, expert_idx] if counts is not None else np.zeros_like(lv)
     order = np.lexsort((expert_idx, layer_idx, -recent, -lv))
     return [(int(layer_idx[i]), int(expert_idx[i])) for i in order]
+
+
+def deadline_order(order: list[tuple[int, int]], slots: int, deadline: dict[int, float]) -> list[tuple[int, int]]:
+    """What to prefetch, in which order: the ``slots`` most wanted experts of a prefetch
+    ``order`` (the set the tier can hold; an expert further down could only displace one
+    that ranks lower still, i.e. churn), earliest deadline first (``deadline[layer]``: when
+    the layer's experts are needed; ties keep the wanted order)."""
+    return sorted(order[:slots], key=lambda k: deadline.get(k[0], 0.0))

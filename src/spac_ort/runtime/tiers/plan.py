@@ -22,6 +22,7 @@ from typing import Any, Sequence
 import networkx as nx
 
 from ..routing import Key
+from ..spac.utility import deadline_order
 
 SMOOTHING = 0.2          # weight of the newest step in the running average
 
@@ -80,11 +81,8 @@ class StepPlan:
         return {layer: start[f"L{layer}.route"] for layer in self.layers}
 
     def by_deadline(self, order: Sequence[Key], slots: int) -> list[Key]:
-        """The ``slots`` most wanted experts (the set the tier can hold), earliest deadline
-        first (ties keep the wanted order); the rest after them, as wanted."""
-        deadline = self.deadlines()
-        head = sorted(order[:slots], key=lambda k: deadline.get(k[0], 0.0))
-        return head + list(order[slots:])
+        """A prefetch order with the experts needed first landing first (`deadline_order`)."""
+        return deadline_order(list(order), slots, self.deadlines())
 
     # ---- output ----------------------------------------------------------------------------
     def snapshot(self) -> nx.DiGraph:

@@ -123,7 +123,7 @@ class SlotTable:
     # ---- writers -----------------------------------------------------------------------
     def claim(self, key: Key, rank: Rank, floor: float = float("inf"), pin: bool = False) -> Optional[int]:
         """Reserve a slot for ``key``. Victims are unpinned READY slots, lowest rank first
-        (ties: least recently used); only occupants ranking strictly below ``floor`` may
+        (ties: least recently used, then the lowest (layer, expert)); only occupants ranking strictly below ``floor`` may
         be evicted. With ``pin`` the slot starts pinned (for a reader waiting on it)."""
         got = self.claim_evicting(key, rank, floor, pin)
         return got[0] if got else None
@@ -162,7 +162,7 @@ class SlotTable:
         cand, r = cand[ok], r[ok]
         if not cand.size:
             return None
-        return int(cand[np.lexsort((self.last_use[cand], r))[0]])
+        return int(cand[np.lexsort((self.expert[cand], self.layer[cand], self.last_use[cand], r))[0]])
 
     def commit(self, slot: int) -> None:
         with self.lock:

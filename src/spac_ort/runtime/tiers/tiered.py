@@ -68,6 +68,8 @@ class TieredExperts:
         self.plan = StepPlan(self.view.moe_layers)
         self.state: Any = policy.initial_state(self.view)
         self.ranking = policy.ranking(self.view, self.state)
+        if policy.prefetches:
+            import scipy.optimize  # noqa: F401  (the balancer's MILP path: imported now, not inside a first pass)
         self.prefetcher = (Prefetcher(self.table, self._load, self.counters,
                                       self.executor if self.overlap else None)
                            if policy.prefetches and self.num_slots else None)
