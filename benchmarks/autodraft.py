@@ -3,10 +3,10 @@
     python -m benchmarks.autodraft --per-domain 4 --repeats 2 --new-tokens 128
 
 CPU, fp32, greedy, all experts resident, EOS ignored. The three configurations run in one
-process, one generator each, on the same prompt in turns of 50 ms of decoding (their
-order rotates from round to round), so a noisy machine slows them alike and each pays
-the same cold start per turn; a generator's decode time excludes the time spent in the
-others. Tokens/s is decode throughput summed over a domain's rounds
+process, one generator each, on the same prompt in turns of 50 ms of decoding (each
+round draws the order of the turns and which generator runs which configuration), so a
+noisy machine slows them alike and each pays the same cold start per turn; a
+generator's decode time excludes the time spent in the others. Tokens/s is decode throughput summed over a domain's rounds
 (new tokens after the first over decode seconds); the paired ratio is the geometric mean
 of auto / plain over the rounds with a 95% interval. Plain decoding runs twice; the
 second run against the first (A/A) shows the resolution of the measurement. Every output
@@ -19,6 +19,7 @@ import argparse
 import gc
 import json
 import math
+import random
 import statistics
 from collections import defaultdict
 from pathlib import Path
@@ -81,16 +82,20 @@ def run_round(gens: dict[str, Generator], cfgs: list[tuple[str, Draft]], ids: li
     return {label: _result(gens[label], tokens) for label, tokens in out.items()}
 
 
-def measure(gens: dict[str, Generator], prompts: list[dict], k: int, new_tokens: int, repeats: int,
-            slice_s: float) -> list[dict]:
-    """One record per (prompt, round): the results of every configuration, by label."""
-    cfgs = configs(k)
-    tok = next(iter(gens.values()))
-    run_round(gens, cfgs, tok.encode(prompts[0]["prompt"]), 16, slice_s)     # warm up sessions and caches
+def measure(gens: list[Generator], prompts: list[dict], k: int, new_tokens: int, repeats: int,
+            slice_s: float, seed: int = 0) -> list[dict]:
+    """One record per (prompt, round): the results of every configuration, by label. Each
+    round draws which generator runs which configuration and in what order they take
+    turns, so neither a generator's memory nor its neighbour in the turns favours one."""
+    cfgs, rng = configs(k), random.Random(seed)
+    tok = gens[0]
+    run_round(dict(zip((label for label, _ in cfgs), gens)), cfgs, tok.encode(prompts[0]["prompt"]), 16,
+              slice_s)                                                      # warm up sessions and caches
     records = []
-    for i, (p, _) in enumerate((p, r) for p in prompts for r in range(repeats)):
-        order = cfgs[i % len(cfgs):] + cfgs[:i % len(cfgs)]
-        results = run_round(gens, order, tok.encode(p["prompt"]), new_tokens, slice_s)
+    for p, _ in ((p, r) for p in prompts for r in range(repeats)):
+        order = rng.sample(cfgs, len(cfgs))
+        by_label = dict(zip((label for label, _ in cfgs), rng.sample(gens, len(gens))))
+        results = run_round(by_label, order, tok.encode(p["prompt"]), new_tokens, slice_s)
         for label, res in results.items():
             assert res["tokens"] == results["plain"]["tokens"], f"{label} output differs on {p['id']}"
         records.append({"id": p["id"], "domain": p["domain"], "order": [label for label, _ in order],
@@ -98,9 +103,9 @@ def measure(gens: dict[str, Generator], prompts: list[dict], k: int, new_tokens:
     return records
 
 
-def generators(bundle: Path, k: int) -> dict[str, Generator]:
-    """One generator per configuration (their runs may interleave)."""
-    return {label: Generator.from_bundle(bundle) for label, _ in configs(k)}
+def generators(bundle: Path, k: int) -> list[Generator]:
+    """One generator per configuration (their runs interleave)."""
+    return [Generator.from_bundle(bundle) for _ in configs(k)]
 
 
 def paired(ratios: list[float]) -> tuple[float, float, float]:

@@ -108,6 +108,8 @@ def main() -> None:
         "spac": lambda: Spac(SpacOptions(utility=scaled)),
         "spac, estimator off": lambda: Spac(SpacOptions(utility=scaled, estimator=False)),
         "spac, fixed threshold": lambda: Spac(SpacOptions(utility=scaled, balancer=False)),
+        "spac, cold start": lambda: Spac(SpacOptions(utility=scaled, warm_start=False)),
+        "spac, evict within level": lambda: Spac(SpacOptions(utility=scaled, evict_within_level=True)),
         "spac, sync prefetch": lambda: (Spac(SpacOptions(utility=scaled)), True),
     }
     results = []

@@ -219,7 +219,7 @@ def test_same_size_garbage_graph(hostile, rel):
     """A graph overwritten with garbage of the same size: caught at load without
     --verify (no traceback, no "internal error"), and by sha256 with it."""
     f = hostile / rel
-    rewrite(f, bytes(random.Random(rel).randrange(256) for _ in range(f.stat().st_size)))
+    rewrite(f, random.Random(rel).randbytes(f.stat().st_size))
     for policy in ([], ["--policy", "spac", "--fast-budget", "17%"], ["--experts", "sessions"]):
         res = run(hostile, "-p", "hi", "-n", "2", *policy)
         if rel == "layers/002/experts/010.onnx" and not policy[:1] == ["--experts"]:

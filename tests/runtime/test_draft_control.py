@@ -75,6 +75,25 @@ def test_probe_intervals_grow_while_probes_lose():
     assert all(ks[i] == 1 for i in windows[1:])                 # probes are short
 
 
+def test_an_expensive_probe_stretches_the_interval():
+    def gaps(catchup: float) -> list[int]:
+        """Plain passes between windows; drafts never match, a window costs 0.15 ms more
+        than a plain pass, plus ``catchup`` seconds of the draft reading skipped tokens."""
+        ctrl = DraftController(DraftControlConfig(probe_interval=8, max_probe_interval=128, probe_budget=0.01))
+        ks = []
+        for _ in range(200):
+            k = ctrl.choose()
+            ctrl.observe(k, 0, k * 0.1 * MS, flat(k + 1), k + 1, catchup_seconds=catchup if k else 0.0)
+            ks.append(k)
+        windows = [i for i, k in enumerate(ks) if k > 0]
+        return [b - a - 1 for a, b in zip(windows, windows[1:])]
+
+    cheap = gaps(0.0)
+    assert {16, 32, 64} <= set(cheap)                               # a cheap loss: the interval doubles
+    dear = gaps(20 * MS)                                            # catching up costs 5 plain passes
+    assert 128 in dear and not {16, 32, 64} & set(dear)             # straight to the longest interval
+
+
 def test_switches_back_when_the_text_becomes_predictable():
     def cheap(t: int) -> float:
         return (4.0 + 0.5 * (t - 1)) * MS

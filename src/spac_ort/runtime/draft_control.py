@@ -200,10 +200,8 @@ class DraftController:
         assert 0 <= accepted <= k and target_tokens >= 1, (k, accepted, target_tokens)
         if self.config.measure_costs:
             self._time(k, draft_seconds, target_seconds, target_tokens)
-        if k == 0:
+        if k == 0:                              # a, s and d are unchanged: so is the decision
             self._plain_run += 1
-            if self.probing:                    # acceptance is unchanged: decide again at the next probe
-                self._update()
             return
         rejected = 1 if accepted < k else 0
         keep = (1.0 - self.config.smoothing) ** (accepted + rejected)
@@ -218,7 +216,7 @@ class DraftController:
     def _next_interval(self, lost_seconds: float) -> int:
         """Plain passes before the next probe, after one that lost ``lost_seconds``."""
         c = self.config
-        budget = lost_seconds / (c.probe_budget * self._plain.mean) if self._plain.n else 0.0
+        budget = lost_seconds / (c.probe_budget * self._v) if self._plain.n else 0.0
         return int(min(max(2 * self._interval, budget), c.max_probe_interval))
 
     def _time(self, k: int, draft_seconds: float, target_seconds: float, target_tokens: int) -> None:
@@ -230,11 +228,15 @@ class DraftController:
             return
         self._since_plain += 1
         if self._since_plain <= _FRESH and self._plain.n:
-            self._token.add(max(0.0, target_seconds / self._plain.mean - 1.0) / (target_tokens - 1))
+            self._token.add(max(0.0, target_seconds / self._v - 1.0) / (target_tokens - 1))
         else:                                   # v of a while ago (or none, min_k >= 1): follow the machine
             self._plain.add(target_seconds / (1.0 + self.token_cost() * (target_tokens - 1)))
         if k:
-            self._draft.add(draft_seconds / k / self._plain.mean)
+            self._draft.add(draft_seconds / k / self._v)
+
+    @property
+    def _v(self) -> float:
+        return max(self._plain.mean, 1e-12)
 
 
 class FixedDraft:
