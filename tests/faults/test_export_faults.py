@@ -146,8 +146,9 @@ def test_sigterm_in_process_removes_the_temp_dir(ckpt, tmp_path):
     assert signal.getsignal(signal.SIGTERM) is before
 
 
-def test_sigterm_during_cli_export_leaves_nothing(tmp_path):
-    """A real SIGTERM to the command while it writes experts."""
+@pytest.mark.parametrize("sig,code,line", [(signal.SIGTERM, 143, "terminated"), (signal.SIGINT, 130, "interrupted")])
+def test_signal_during_cli_export_leaves_nothing(tmp_path, sig, code, line):
+    """A real SIGTERM or Ctrl-C to the command while it writes experts."""
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
     proc = subprocess.Popen([sys.executable, "-m", "spac_ort.cli.export", "-o", str(tmp_path / "bundle")],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
@@ -156,11 +157,11 @@ def test_sigterm_during_cli_export_leaves_nothing(tmp_path):
         if len(list(tmp_path.glob(".bundle.partial-*/layers/001/experts/*.onnx"))) > 10:
             break
         time.sleep(0.05)
-    assert proc.poll() is None, "export finished before it could be terminated"
-    proc.send_signal(signal.SIGTERM)
+    assert proc.poll() is None, "export finished before the signal could be sent"
+    proc.send_signal(sig)
     out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 143, err
-    assert err.strip().splitlines() == ["terminated"] and out == ""
+    assert proc.returncode == code, err
+    assert err.strip().splitlines() == [line] and out == ""
     assert listing(tmp_path) == []
 
 

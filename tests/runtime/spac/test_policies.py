@@ -8,7 +8,7 @@ import pytest
 from spac_ort.profile import DeviceProfile
 from spac_ort.runtime.sensor import StepRecord
 from spac_ort.runtime.spac.balancer import LayerDemand
-from spac_ort.runtime.spac.policies import (POLICIES, Lru, Spac, SpacOptions, SpacState, StaticTop, TierView,
+from spac_ort.runtime.spac.policies import (POLICIES, Lru, Spac, SpacOptions, StaticTop, TierView,
                                             make_policy, warm_start)
 from spac_ort.runtime.spac.replay import replay
 from spac_ort.runtime.spac.utility import UtilityConfig, prefetch_order
