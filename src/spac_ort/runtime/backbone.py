@@ -22,6 +22,7 @@ import numpy as np
 
 from .. import naming
 from ..errors import BundleError
+from .sampling import check_finite
 from ..manifest import LayerKind, Manifest
 from ..naming import PieceKind
 from .experts import ExpertBackend
@@ -32,14 +33,6 @@ from .stats import PieceTimers
 
 # Called once per MoE layer and pass with (layer, topk ids [T, A], topk weights [T, A]).
 RoutingObserver = Callable[[int, np.ndarray, np.ndarray], None]
-
-
-def check_finite(logits: np.ndarray, model: str, position: int) -> None:
-    """Non-finite logits come from corrupt weights; stop rather than emit garbage.
-    (max and min propagate NaN and catch +-inf in two cheap reductions.)"""
-    if not (np.isfinite(logits.max()) and np.isfinite(logits.min())):
-        raise BundleError(f"the {model} produced non-finite logits (NaN or Inf) at position {position}; a weight file "
-                          "is corrupt: find it with spac-run --verify (or spac-export inspect --verify) and re-export")
 
 
 class Backbone:

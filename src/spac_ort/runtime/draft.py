@@ -16,8 +16,8 @@ import numpy as np
 
 from .. import naming
 from ..errors import BundleError
-from .backbone import check_finite
 from .kv import KVCache
+from .sampling import check_finite
 from .sessions import CPU, Piece
 
 _PAST = re.compile(r"past_key_values\.(\d+)\.key")

@@ -1,4 +1,5 @@
-"""Token selection: greedy, or sampling with temperature, top-k and top-p. Pure functions."""
+"""Token selection: greedy, or sampling with temperature, top-k and top-p; and the check
+that logits are finite before any of it. Pure functions."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Optional
 
 import numpy as np
 
-from ..errors import ConfigError
+from ..errors import BundleError, ConfigError
 
 
 @dataclass(frozen=True)
@@ -64,3 +65,11 @@ def select(logits: np.ndarray, cfg: SamplingConfig, rng: np.random.Generator) ->
     if cfg.greedy:
         return int(np.argmax(logits))
     return sample(probabilities(logits, cfg), rng)
+
+
+def check_finite(logits: np.ndarray, model: str, position: int) -> None:
+    """Non-finite logits come from corrupt weights; stop rather than emit garbage.
+    (max and min propagate NaN and catch +-inf in two cheap reductions.)"""
+    if not (np.isfinite(logits.max()) and np.isfinite(logits.min())):
+        raise BundleError(f"the {model} produced non-finite logits (NaN or Inf) at position {position}; a weight file "
+                          "is corrupt: find it with spac-run --verify (or spac-export inspect --verify) and re-export")

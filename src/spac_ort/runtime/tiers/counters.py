@@ -1,5 +1,6 @@
 """Counters of the tiered backend, updated from the decode thread and the prefetch
-worker under one lock; `mark` snapshots them (the owner adds the slot table's evictions),
+worker under one lock; `mark` snapshots them (the owner adds the slot table's evictions
+and the store's bytes read from the bundle's files),
 `summary` reports one run between two marks, `delta` one step.
 """
 
@@ -24,9 +25,7 @@ class TierCounters:
     fetch_sync: int = 0            # on-demand fetches (in the critical path)
     fetch_fallback: int = 0        # chosen for fast, no slot free: ran on CPU
     prefetched: int = 0            # copies made by the prefetch worker
-    prefetch_skipped: int = 0      # ... that found no slot it may take
     bytes_copied: int = 0          # host -> fast tier
-    storage_bytes: int = 0         # read from the bundle's files (RAM tier misses)
     balancer_paths: dict[str, int] = field(default_factory=dict)
     balancer_seconds: list[float] = field(default_factory=list)
     queue_delay_s: list[float] = field(default_factory=list)

@@ -56,8 +56,7 @@ class Prefetcher:
         if self.table.slot_of(key) is not None:
             return
         slot = self.table.claim(key, ranking.rank, floor=float(ranking.floor[key]))
-        if slot is None:
-            self.counters.add(prefetch_skipped=1)
+        if slot is None:                    # every occupant it may evict ranks higher, or is pinned
             return
         try:
             self.load(slot, key)

@@ -11,7 +11,7 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import numpy as np
 import onnx
@@ -75,10 +75,8 @@ class ExpertStore:
     are dropped beyond the budget and read again from storage when needed.
     """
 
-    def __init__(self, bundle: Path, manifest: Manifest, ram_budget: Optional[int] = None,
-                 on_storage_read: Optional[Callable[[int], None]] = None):
+    def __init__(self, bundle: Path, manifest: Manifest, ram_budget: Optional[int] = None):
         self.bundle, self.m = bundle, manifest
-        self.on_storage_read = on_storage_read
         first = manifest.moe_layers()[0]
         self.layout = expert_layout(bundle / manifest.expert_graph(first, 0), manifest.experts.data_size)
         self.expert_bytes = sum(s.length for s in self.layout)
@@ -121,9 +119,6 @@ class ExpertStore:
         with self._lock:
             self.counters.storage_reads += 1
             self.counters.storage_bytes += self.expert_bytes
-        if self.on_storage_read is not None:
-            self.on_storage_read(self.expert_bytes)
-        with self._lock:
             self._ram[key] = arrays
             if self.ram_budget is not None:
                 while len(self._ram) * self.expert_bytes > self.ram_budget:

@@ -50,8 +50,7 @@ class TieredExperts:
                  profile: Optional[DeviceProfile] = None, overlap: Optional[bool] = None):
         self.manifest, self.policy = manifest, policy
         self.counters = TierCounters()
-        self.store = ExpertStore(bundle, manifest, ram_budget,
-                                 on_storage_read=lambda n: self.counters.add(storage_bytes=n))
+        self.store = ExpertStore(bundle, manifest, ram_budget)
         self.expert_bytes = self.store.expert_bytes
         d = manifest.dims
         total = len(manifest.moe_layers()) * d.num_experts
@@ -225,7 +224,8 @@ class TieredExperts:
     def mark(self) -> dict[str, Any]:
         """A snapshot of the lifetime counters; `summary(since=mark)` reports one run."""
         snap = self.counters.mark()
-        snap["evictions"] = self.table.counters.evictions
+        snap["evictions"] = self.table.counters.evictions       # counted where they happen
+        snap["storage_bytes"] = self.store.counters.storage_bytes
         return snap
 
     def summary(self, new_tokens: int, since: Optional[dict] = None) -> dict[str, Any]:
