@@ -55,17 +55,17 @@ def test_eos_stops_generation(demo_bundle):
     raise AssertionError("no sampled run reached EOS")
 
 
-def test_both_plain_expert_backends_agree(demo_bundle):
+def test_all_plain_expert_backends_agree(demo_bundle):
     outs = []
-    for backend in ("grouped", "sessions"):
+    for backend in ("moe", "grouped", "sessions"):
         res = CliRunner().invoke(run_cli.main, [str(demo_bundle), "-p", "def add(a, b):", "-n", "24", "--json",
                                                 "--no-speculative", "--experts", backend])
         assert res.exit_code == 0, res.output
         data = json.loads(res.stdout)
         outs.append(data["generated_token_ids"])
         calls = data["report"]["piece_calls"]
-        if backend == "grouped":       # one call per MoE layer and pass
-            assert calls["experts"] == calls["router"]
+        if backend != "sessions":       # one call per MoE layer and pass (the demo's layers are all MoE)
+            assert calls["experts"] == calls["attention"]
         else:
-            assert calls["experts"] >= 4 * calls["router"] // 2
-    assert outs[0] == outs[1]
+            assert calls["experts"] >= 4 * calls["attention"] // 2
+    assert outs[0] == outs[1] == outs[2]

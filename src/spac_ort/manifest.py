@@ -20,7 +20,7 @@ from .errors import BundleError, ManifestError
 from . import manifest_checks as checks
 from .fields import Reader
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2      # 2: graph variants (fused graphs) and rope_theta
 MANIFEST_KIND = "spac-ort-bundle"
 
 
@@ -138,6 +138,8 @@ class Manifest:
     eos_token_ids: tuple[int, ...]
     tokenizer: Optional[str]
     producer: str
+    graphs: naming.Graphs = naming.Graphs.PORTABLE
+    rope_theta: float = 10000.0       # rotary base: fused graphs take their tables from the runtime
     schema_version: int = SCHEMA_VERSION
     kind: str = MANIFEST_KIND
     draft: Optional[DraftSpec] = field(default=None)
@@ -209,7 +211,8 @@ def parse_manifest(data: Any, path: Path) -> Manifest:
     kinds = _layer_kinds(r, dims.num_layers)
     files = _files(r)
     experts = _experts(r.sub("experts"), dims, kinds)
-    for graph in checks.required_graphs(kinds, dims.shared_expert_intermediate > 0):
+    graphs = r.enum("graphs", naming.Graphs)
+    for graph in checks.required_graphs(kinds, dims.shared_expert_intermediate > 0, graphs):
         checks.check_listed(r, "files", graph, files)
     tokenizer = r.get("tokenizer", str, optional=True)
     checks.check_listed(r, "tokenizer", tokenizer, files)
@@ -221,7 +224,7 @@ def parse_manifest(data: Any, path: Path) -> Manifest:
         dims=dims, routing=_routing(r.sub("routing")), layer_kinds=kinds, dtype=r.enum("dtype", DType),
         opset=r.get("opset", int), io=_io(r.sub("io")), files=files, experts=experts,
         bos_token_id=r.get("bos_token_id", int, optional=True), eos_token_ids=tuple(eos),
-        tokenizer=tokenizer, producer=r.get("producer", str),
+        tokenizer=tokenizer, producer=r.get("producer", str), graphs=graphs, rope_theta=checks.rope_theta(r),
         schema_version=version, draft=_draft(r, files),
     )
 

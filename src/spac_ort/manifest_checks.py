@@ -72,13 +72,28 @@ def check_listed(r: Reader, key: str, rel: Optional[str], files: dict) -> None:
         raise r.fail(key, f"names {rel}, which is not listed in 'files'")
 
 
-def required_graphs(layer_kinds: Iterable[Any], shared_expert: bool) -> list[str]:
+def rope_theta(r: Reader) -> float:
+    theta = float(r.get("rope_theta", (int, float)))
+    if not (math.isfinite(theta) and theta > 1.0):
+        raise r.fail("rope_theta", f"is {theta}; a rotary base is a finite number above 1")
+    return theta
+
+
+def required_graphs(layer_kinds: Iterable[Any], shared_expert: bool,
+                    graphs: naming.Graphs = naming.Graphs.PORTABLE) -> list[str]:
     """The non-expert graphs the runtime opens, by their fixed names."""
-    out = [naming.EMBED, naming.HEAD]
+    kinds = naming.PieceKind
+    fused = graphs is naming.Graphs.FUSED
+    out = [naming.EMBED, naming.FINAL if fused else naming.HEAD]
     for layer, kind in enumerate(layer_kinds):
-        out.append(naming.layer_piece(naming.PieceKind.ATTENTION, layer))
-        if kind.value == "moe":
-            out.append(naming.layer_piece(naming.PieceKind.ROUTER, layer))
+        moe = kind.value == "moe"
+        if fused:
+            out.append(naming.layer_piece(kinds.LAYER if moe else kinds.DENSE_LAYER, layer))
+        else:
+            out.append(naming.layer_piece(kinds.ATTENTION, layer))
+        if moe:
+            if not fused:
+                out.append(naming.layer_piece(kinds.ROUTER, layer))
             if shared_expert:
                 out.append(naming.layer_piece(naming.PieceKind.SHARED_EXPERT, layer))
         else:

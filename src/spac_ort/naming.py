@@ -11,6 +11,13 @@ Bundle layout::
     layers/NNN/dense_mlp.onnx       (dense layers of a mixed model)
     head.onnx                       final norm + lm_head
     tokenizer/tokenizer.json
+
+Bundles exported with fused graphs (``--graphs fused``) replace attention, router and head:
+
+    layers/NNN/layer.onnx           residual + norm, fused attention with the KV cache updated
+                                    in place, post-norm, router (MoE layers)
+    layers/NNN/dense_layer.onnx     the same without the router (dense layers)
+    final.onnx                      residual + final norm + lm_head over chosen rows
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ TOKENIZER_FILE = "tokenizer/tokenizer.json"
 
 EMBED = "embed.onnx"
 HEAD = "head.onnx"
+FINAL = "final.onnx"
 EXPERT_TEMPLATE = "layers/{layer:03d}/experts/{expert:03d}.onnx"
 
 
@@ -35,6 +43,16 @@ class PieceKind(str, Enum):
     SHARED_EXPERT = "shared_expert"
     DENSE_MLP = "dense_mlp"
     HEAD = "head"
+    LAYER = "layer"                 # fused graphs: attention + router of one MoE layer
+    DENSE_LAYER = "dense_layer"     # fused graphs: attention of one dense layer
+    FINAL = "final"                 # fused graphs: residual, final norm, lm_head
+
+
+class Graphs(str, Enum):
+    """How a bundle's non-expert graphs are built (``spac-export --graphs``)."""
+
+    FUSED = "fused"         # ORT's fused attention and norm ops (com.microsoft), KV cache in place
+    PORTABLE = "portable"   # standard ONNX ops only, for providers without the contrib ops
 
 
 def layer_piece(kind: PieceKind, layer: int) -> str:
@@ -65,6 +83,14 @@ TOPK_WEIGHTS = "topk_weights"      # [1, T, A] float
 TOPK_IDS = "topk_ids"              # [1, T, A] int64
 FFN_OUT = "ffn_out"                # [1, T, H]
 LOGITS = "logits"                  # [1, T, V]
+FFN_IN = "ffn_in"                  # [1, T, H] the previous layer's FFN output (fused graphs)
+SEQLENS_K = "seqlens_k"            # [1] int32: cache length after this call, minus one
+TOTAL_LENGTH = "total_sequence_length"   # [] int32: cache length after this call
+COS_CACHE = "cos_cache"            # [C, D/2] rotary tables, C >= positions used
+SIN_CACHE = "sin_cache"
+EXPERT_LOGITS = "expert_logits"    # [1, T, E] log of each chosen expert's weight, -1e30 elsewhere
+WEIGHT_SUM = "weight_sum"          # [1, T, 1] sum of the chosen experts' weights
+LOGIT_ROWS = "logit_rows"          # [N] int64: the rows of the window that get logits
 
 IO_NAMES: dict[PieceKind, tuple[tuple[str, ...], tuple[str, ...]]] = {
     PieceKind.EMBED: ((INPUT_IDS,), (HIDDEN,)),
@@ -77,6 +103,23 @@ IO_NAMES: dict[PieceKind, tuple[tuple[str, ...], tuple[str, ...]]] = {
     PieceKind.SHARED_EXPERT: ((NORMED,), (FFN_OUT,)),
     PieceKind.DENSE_MLP: ((NORMED,), (FFN_OUT,)),
     PieceKind.HEAD: ((HIDDEN,), (LOGITS,)),
+    PieceKind.LAYER: (
+        (HIDDEN, FFN_IN, PAST_KEY, PAST_VALUE, SEQLENS_K, TOTAL_LENGTH, COS_CACHE, SIN_CACHE),
+        (HIDDEN_OUT, NORMED, TOPK_WEIGHTS, TOPK_IDS, EXPERT_LOGITS, WEIGHT_SUM, PRESENT_KEY, PRESENT_VALUE),
+    ),
+    PieceKind.DENSE_LAYER: (
+        (HIDDEN, FFN_IN, PAST_KEY, PAST_VALUE, SEQLENS_K, TOTAL_LENGTH, COS_CACHE, SIN_CACHE),
+        (HIDDEN_OUT, NORMED, PRESENT_KEY, PRESENT_VALUE),
+    ),
+    PieceKind.FINAL: ((HIDDEN, FFN_IN, LOGIT_ROWS), (LOGITS,)),
+}
+
+# Which piece kinds each graph variant's bundles hold (experts in both).
+VARIANT_KINDS: dict[Graphs, tuple[PieceKind, ...]] = {
+    Graphs.PORTABLE: (PieceKind.EMBED, PieceKind.ATTENTION, PieceKind.ROUTER, PieceKind.EXPERT,
+                      PieceKind.SHARED_EXPERT, PieceKind.DENSE_MLP, PieceKind.HEAD),
+    Graphs.FUSED: (PieceKind.EMBED, PieceKind.LAYER, PieceKind.DENSE_LAYER, PieceKind.EXPERT,
+                   PieceKind.SHARED_EXPERT, PieceKind.DENSE_MLP, PieceKind.FINAL),
 }
 
 

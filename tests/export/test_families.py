@@ -26,6 +26,13 @@ CASES = {
     "deepseek_v2-qlora-grouped": {"q_lora_rank": 24, "topk_method": "group_limited_greedy"},
     "deepseek_v3": {},
     "deepseek_v3-halves": {"rope_interleave": False, "norm_topk_prob": False},
+    # fused graphs (ORT's attention needs head sizes that are multiples of 16)
+    "qwen3_moe-graphs-fused": {"graphs": "fused", "hidden_size": 64, "head_dim": 16},
+    "qwen3_moe-dense-layer-graphs-fused": {"graphs": "fused", "hidden_size": 64, "head_dim": 16,
+                                           "mlp_only_layers": [1]},
+    "qwen2_moe-graphs-fused": {"graphs": "fused", "hidden_size": 64},
+    "mixtral-window-graphs-fused": {"graphs": "fused", "hidden_size": 64, "sliding_window": 7},
+    "olmoe-clip-graphs-fused": {"graphs": "fused", "hidden_size": 64, "clip_qkv": 0.5},
 }
 
 
@@ -34,6 +41,7 @@ def test_family_greedy_matches_transformers(case, tmp_path):
     family = case.split("-")[0]
     opts = dict(CASES[case])
     fused = opts.pop("fused", False)
+    graphs = opts.pop("graphs", "auto")
     src = build(family, tmp_path / "ckpt", seed=len(case), **opts)
     ref_dir = src
     if fused:   # transformers 4.57 reads only the unfused layout: keep a copy as the reference
@@ -41,10 +49,11 @@ def test_family_greedy_matches_transformers(case, tmp_path):
         build(family, src, seed=len(case), fused=True)
         assert "gate_up_proj" in json.dumps(list(__import__("safetensors").safe_open(
             str(src / "model.safetensors"), "pt").keys()))
-    result = export_bundle(ExportOptions(src, tmp_path / "bundle"))
+    result = export_bundle(ExportOptions(src, tmp_path / "bundle", graphs=graphs))
     assert result.model_error < 1e-3
     manifest = load_manifest(tmp_path / "bundle")
     assert manifest.family.value == family
+    assert manifest.graphs.value == ("fused" if graphs == "fused" else "portable")   # auto: head sizes of 8
     if "dense" in case:
         assert manifest.layer_kinds == (LayerKind.MOE, LayerKind.DENSE)
     if "grouped" in case:

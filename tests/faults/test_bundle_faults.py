@@ -135,8 +135,8 @@ FIELD_FAULTS = {
     "no-moe-layer": (lambda d: d.update(layer_kinds=["dense"] * 4), "layer_kinds"),
     "eos-outside-vocab": (lambda d: d.update(eos_token_ids=[10 ** 9]), "eos_token_ids"),
     "scaling-nan": (lambda d: d["routing"].update(routed_scaling_factor=float("nan")), "routed_scaling_factor"),
-    "unlisted-attention": (lambda d: d["files"].pop("layers/001/attention.onnx"), "files"),
-    "negative-size": (lambda d: d["files"]["head.onnx"].update(size=-1), "size"),
+    "unlisted-layer": (lambda d: d["files"].pop("layers/001/layer.onnx"), "files"),
+    "negative-size": (lambda d: d["files"]["final.onnx"].update(size=-1), "size"),
 }
 
 
@@ -201,7 +201,7 @@ def test_fuzzed_manifests_fail_cleanly_or_run(demo_bundle, tmp_path):
 
 # ---- truncated, bit-flipped and corrupt files -----------------------------------------------
 
-GRAPHS = ["embed.onnx", "head.onnx", "layers/000/attention.onnx", "layers/003/router.onnx", "draft/model.onnx",
+GRAPHS = ["embed.onnx", "final.onnx", "layers/000/layer.onnx", "layers/003/layer.onnx", "draft/model.onnx",
           "layers/000/experts/000.onnx", "layers/002/experts/010.onnx"]
 
 
@@ -278,6 +278,6 @@ def test_graph_io_must_match_the_manifest(hostile):
     """The backbone binds inputs by position: a graph whose inputs differ in name or
     order from the manifest's is refused at load."""
     def swap(d):
-        d["io"]["attention"]["inputs"] = list(reversed(d["io"]["attention"]["inputs"]))
+        d["io"]["layer"]["inputs"] = list(reversed(d["io"]["layer"]["inputs"]))
     edit_manifest(hostile, swap)
-    one_line_error(run(hostile, "-p", "hi", "-n", "2"), "layers/000/attention.onnx", "does not belong")
+    one_line_error(run(hostile, "-p", "hi", "-n", "2"), "layers/000/layer.onnx", "does not belong")

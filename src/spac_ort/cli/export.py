@@ -31,12 +31,16 @@ def main() -> None:
 @click.option("--draft", "draft_dir", type=click.Path(path_type=Path),
               help="Dense draft checkpoint for speculative decoding (default with no MODEL_DIR: the demo draft).")
 @click.option("--force", is_flag=True, help="Replace an existing bundle.")
+@click.option("--graphs", type=click.Choice(["auto", "fused", "portable"]), default="auto", show_default=True,
+              help="fused: ONNX Runtime's fused attention and norm operators with the KV cache updated in place "
+                   "(CPU and CUDA providers); portable: standard operators only, for providers without "
+                   "ONNX Runtime's contrib operators (NNAPI, CoreML, QNN). auto: fused where the family has them.")
 @click.option("--skip-model-check", is_flag=True,
               help="Skip the whole-model parity check against transformers (pieces are still checked).")
 @click.option("-v", "--verbose", count=True)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars or summary.")
-def export_cmd(model_dir: Optional[Path], out: Path, draft_dir: Optional[Path], force: bool, skip_model_check: bool,
-               verbose: int, quiet: bool) -> None:
+def export_cmd(model_dir: Optional[Path], out: Path, draft_dir: Optional[Path], force: bool, graphs: str,
+               skip_model_check: bool, verbose: int, quiet: bool) -> None:
     """Export MODEL_DIR (default: the embedded demo model) into the bundle -o BUNDLE_DIR.
 
     Supported: qwen3_moe, qwen2_moe, mixtral, olmoe, deepseek_v2, deepseek_v3. Also: `spac-export inspect BUNDLE_DIR`.
@@ -58,13 +62,13 @@ def export_cmd(model_dir: Optional[Path], out: Path, draft_dir: Optional[Path], 
         progress = Progress(enabled=not quiet)
         try:
             result = export_bundle(ExportOptions(model_dir, out, force=force, check_model=not skip_model_check,
-                                                 draft_dir=draft_dir), progress)
+                                                 draft_dir=draft_dir, graphs=graphs), progress)
         finally:
             progress.close()
         if not quiet:
             m = result.manifest
             draft = f", draft {m.draft.model_type}" if m.draft else ", no draft"
-            click.echo(f"wrote {result.bundle} ({m.family.value}, {len(m.moe_layers())} MoE layers x "
+            click.echo(f"wrote {result.bundle} ({m.family.value}, {m.graphs.value} graphs, {len(m.moe_layers())} MoE layers x "
                        f"{m.dims.num_experts} experts{draft}) in {result.seconds:.1f} s; max relative error: "
                        f"pieces {result.piece_error:.1e}, model {result.model_error:.1e}", err=True)
 

@@ -56,9 +56,10 @@ class DraftTokens(click.ParamType):
               help="Use this optimum ONNX export directory as the draft instead of the bundle's.")
 @click.option("--trace", type=click.Path(path_type=Path),
               help="Write a JSONL trace: per target pass, proposed/accepted tokens and per-layer expert counts.")
-@click.option("--experts", "experts_backend", type=click.Choice(BACKENDS), default="grouped",
-              show_default=True, help="Without --policy: run a layer's experts in one ORT call (grouped) or one "
-                                      "session per expert (sessions).")
+@click.option("--experts", "experts_backend", type=click.Choice(BACKENDS), default="auto",
+              show_default=True, help="Without --policy: run a layer's experts in one com.microsoft.MoE call (moe), "
+                                      "one call of standard operators (grouped) or one session per expert "
+                                      "(sessions); auto: moe for bundles with fused graphs, else grouped.")
 @click.option("--policy", type=click.Choice(list(POLICIES)),
               help="Expert placement over a fast tier and the CPU (default: every expert resident on the CPU, "
                    "see --experts).")

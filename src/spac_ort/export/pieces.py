@@ -15,11 +15,12 @@ import torch
 from .. import naming
 from ..errors import CheckpointError, ParityError
 from ..manifest import ExpertTable, FileEntry, LayerKind, PieceIO
-from ..naming import PieceKind
+from ..naming import Graphs, PieceKind
 from ..runtime.sessions import Piece
-from . import onnx_io
+from . import fused, fused_check, onnx_io
 from .adapters.base import Adapter
-from .modules import Embed, Head, Router, SwiGLU
+from .modules import Attention, Embed, Head, Router, SwiGLU
+from .weights import AttentionWeights
 
 Progress = Callable[[str, int, int], None]
 
@@ -105,6 +106,45 @@ class PieceWriter:
                 return f"tensor {name}"
         return f"weight {param} of {rel}"
 
+    def write_fused(self, kind: PieceKind, rel: str, modules: tuple[torch.nn.Module, ...],
+                    weights: Optional[AttentionWeights] = None) -> None:
+        """Build a fused graph from ``weights`` and the router (``modules``: attention
+        [+ router]) or from the head (``modules``: head), write it, and check it against
+        those modules."""
+        self.check_interrupt()
+        for module in modules:
+            self.check_weights(module, rel)
+            module.eval()
+        spec = self.adapter.spec
+        d, eps = spec.dims, spec.attention.rms_eps
+        if kind is PieceKind.FINAL:
+            head = modules[0]
+            template, weights = fused.final_graph(d, eps, head.w_norm, head.w_lm_head.t())
+            graph_in, torch_in = fused_check.final_case(d, 5, self.seed)
+            want = fused_check.final_reference(head, torch_in)
+        else:
+            attention, router = modules[0], (modules[1] if len(modules) > 1 else None)
+            template, weights = fused.layer_graph(d, spec.attention, spec.routing, weights,
+                                                  router.w_router.t() if router is not None else None)
+            graph_in, torch_in = fused_check.layer_case(d, spec.attention.rope_theta, 5, 3, self.seed)
+            want = fused_check.layer_reference(attention, router, torch_in)
+        written = onnx_io.write(template, weights, self.root / rel, rel)
+        self.files[rel] = written.graph
+        self.files[naming.data_path(rel)] = written.data
+        piece = Piece(self.root / rel)
+        got = dict(zip(piece.outputs, piece(*[graph_in[name] for name in piece.inputs])))
+        err, differs = fused_check.compare(kind, got, want)
+        self._record(rel, err, differs)
+
+    def _record(self, rel: str, err: float, differs: Optional[str]) -> None:
+        if differs is not None:
+            raise ParityError(f"{rel}: output {differs} differs from the PyTorch reference; "
+                              "report this model to the spac-ort maintainers")
+        self.max_error = max(self.max_error, err)
+        if not err <= RTOL:
+            raise ParityError(f"{rel}: output differs from the PyTorch reference by {err:.2e} "
+                              f"(tolerance {RTOL:.0e}); report this model to the spac-ort maintainers")
+
     def check(self, kind: PieceKind, module: torch.nn.Module, rel: str) -> None:
         args = self._inputs(kind)
         with torch.no_grad():
@@ -125,12 +165,15 @@ class PieceWriter:
                                   f"(tolerance {RTOL:.0e}); report this model to the spac-ort maintainers")
 
     # ---- the whole model ---------------------------------------------------------------
-    def write_all(self) -> tuple[dict[str, PieceIO], ExpertTable]:
+    def write_all(self, graphs: Graphs = Graphs.PORTABLE) -> tuple[dict[str, PieceIO], ExpertTable]:
         a, spec = self.adapter, self.adapter.spec
         d = spec.dims
         eps = spec.attention.rms_eps
         self.write(PieceKind.EMBED, Embed(a.embed()), naming.EMBED)
-        self.write(PieceKind.HEAD, Head(a.final_norm(), a.lm_head(), eps), naming.HEAD)
+        if graphs is Graphs.FUSED:
+            self.write_fused(PieceKind.FINAL, naming.FINAL, (Head(a.final_norm(), a.lm_head(), eps),))
+        else:
+            self.write(PieceKind.HEAD, Head(a.final_norm(), a.lm_head(), eps), naming.HEAD)
         width = max(3, len(str(d.num_experts - 1)))
         template = f"layers/{{layer:03d}}/experts/{{expert:0{width}d}}.onnx"
         graph_sha: list[tuple[str, ...]] = []
@@ -139,15 +182,20 @@ class PieceWriter:
         moe_layers = [i for i, k in enumerate(spec.layer_kinds) if k is LayerKind.MOE]
         total, done = len(moe_layers) * d.num_experts, 0
         for layer, kind in enumerate(spec.layer_kinds):
-            self.write(PieceKind.ATTENTION, a.attention_module(layer), naming.layer_piece(PieceKind.ATTENTION, layer))
+            if graphs is Graphs.FUSED:
+                self._write_fused_layer(layer, kind)
+            else:
+                self.write(PieceKind.ATTENTION, a.attention_module(layer),
+                           naming.layer_piece(PieceKind.ATTENTION, layer))
             if kind is LayerKind.DENSE:
                 self.write(PieceKind.DENSE_MLP, SwiGLU(a.dense_mlp(layer)),
                            naming.layer_piece(PieceKind.DENSE_MLP, layer))
                 graph_sha.append(())
                 data_sha.append(())
                 continue
-            self.write(PieceKind.ROUTER, Router(a.router(layer), d.top_k, spec.routing, a.router_bias(layer)),
-                       naming.layer_piece(PieceKind.ROUTER, layer))
+            if graphs is Graphs.PORTABLE:
+                self.write(PieceKind.ROUTER, Router(a.router(layer), d.top_k, spec.routing, a.router_bias(layer)),
+                           naming.layer_piece(PieceKind.ROUTER, layer))
             if d.shared_expert_intermediate:
                 mlp, gate = a.shared_expert(layer)
                 self.write(PieceKind.SHARED_EXPERT, SwiGLU(mlp, gate),
@@ -167,5 +215,15 @@ class PieceWriter:
             data_sha.append(tuple(d_row))
         assert len(sizes) <= 1, f"expert files differ in size: {sizes}"
         g_size, d_size = sizes.pop() if sizes else (0, 0)
-        io = {k.value: PieceIO(*naming.IO_NAMES[k]) for k in PieceKind}
+        io = {k.value: PieceIO(*naming.IO_NAMES[k]) for k in naming.VARIANT_KINDS[graphs]}
         return io, ExpertTable(template, g_size, d_size, tuple(graph_sha), tuple(data_sha))
+
+    def _write_fused_layer(self, layer: int, kind: LayerKind) -> None:
+        a, spec = self.adapter, self.adapter.spec
+        w = a.attention(layer)
+        attention = Attention(w, spec.dims, spec.attention)
+        if kind is LayerKind.MOE:
+            router = Router(a.router(layer), spec.dims.top_k, spec.routing, a.router_bias(layer))
+            self.write_fused(PieceKind.LAYER, naming.layer_piece(PieceKind.LAYER, layer), (attention, router), w)
+        else:
+            self.write_fused(PieceKind.DENSE_LAYER, naming.layer_piece(PieceKind.DENSE_LAYER, layer), (attention,), w)

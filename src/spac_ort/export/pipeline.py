@@ -22,8 +22,12 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from .. import __version__, naming
+from ..errors import ConfigError, UnsupportedModelError
 from ..manifest import DType, FileEntry, Manifest, sha256_file
+from ..naming import Graphs
+from . import fused
 from .adapters import adapter_for
+from .adapters.base import Adapter
 from .checkpoint import WeightStore, read_config
 from .draft import export_draft
 from .install import check_target, install, make_temp_dir, open_modes, remove_stale_partials
@@ -43,6 +47,7 @@ class ExportOptions:
     force: bool = False
     check_model: bool = True
     draft_dir: Optional[Path] = None
+    graphs: str = "auto"      # "fused", "portable", or "auto": fused where the family has them
 
 
 @dataclass(frozen=True)
@@ -68,6 +73,26 @@ def _eos_ids(model_dir: Path, config_eos: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(ids)
 
 
+GRAPH_CHOICES = ("auto", "fused", "portable")
+
+
+def graph_variant(choice: str, adapter: Adapter) -> Graphs:
+    """The graph variant to export: ``auto`` is fused unless the family has no fused graphs
+    (latent attention, sigmoid or group-limited routing)."""
+    if choice not in GRAPH_CHOICES:
+        raise ConfigError(f"unknown graph variant '{choice}'; use one of {', '.join(GRAPH_CHOICES)}")
+    if choice == "portable":
+        return Graphs.PORTABLE
+    mla = type(adapter).attention_module is not Adapter.attention_module
+    try:
+        fused.check_supported(adapter.spec.dims, adapter.spec.routing, mla)
+    except UnsupportedModelError:
+        if choice == "fused":
+            raise
+        return Graphs.PORTABLE
+    return Graphs.FUSED
+
+
 def export_bundle(opts: ExportOptions, progress: Optional[Progress] = None) -> ExportResult:
     """Export ``opts.model_dir`` to the bundle ``opts.out_dir``. Nothing but the finished
     bundle is left behind; SIGINT raises KeyboardInterrupt and SIGTERM `Terminated` at the
@@ -77,6 +102,7 @@ def export_bundle(opts: ExportOptions, progress: Optional[Progress] = None) -> E
     model_dir, out = Path(opts.model_dir), Path(opts.out_dir).absolute()
     cfg = read_config(model_dir)
     adapter = adapter_for(cfg, WeightStore(model_dir))
+    graph_variant(opts.graphs, adapter)            # fail early on graphs the family lacks
     if opts.draft_dir is not None:
         read_config(Path(opts.draft_dir))          # fail early on a missing draft directory
     check_target(out, opts.force)
@@ -91,7 +117,8 @@ def _export(opts: ExportOptions, adapter, model_dir: Path, out: Path, progress: 
     tmp = make_temp_dir(out)
     try:
         writer = PieceWriter(tmp, adapter, progress, interrupt.check)
-        io, experts = writer.write_all()
+        graphs = graph_variant(opts.graphs, adapter)
+        io, experts = writer.write_all(graphs)
         tokenizer = None
         if (model_dir / "tokenizer.json").is_file():
             (tmp / naming.TOKENIZER_DIR).mkdir()
@@ -114,7 +141,8 @@ def _export(opts: ExportOptions, adapter, model_dir: Path, out: Path, progress: 
             family=spec.family, source_model_type=spec.model_type, dims=spec.dims, routing=spec.routing,
             layer_kinds=spec.layer_kinds, dtype=DType.FLOAT32, opset=OPSET, io=io, files=dict(writer.files),
             experts=experts, bos_token_id=spec.bos_token_id, eos_token_ids=_eos_ids(model_dir, spec.eos_token_ids),
-            tokenizer=tokenizer, producer=f"spac-ort {__version__}", draft=draft,
+            tokenizer=tokenizer, producer=f"spac-ort {__version__}", draft=draft, graphs=graphs,
+            rope_theta=spec.attention.rope_theta,
         )
         (tmp / naming.MANIFEST).write_text(manifest.to_json(), encoding="utf-8")
         model_error = 0.0

@@ -35,6 +35,18 @@ from .stats import PieceTimers
 RoutingObserver = Callable[[int, np.ndarray, np.ndarray], None]
 
 
+def open_piece(bundle: Path, manifest: Manifest, rel: str, kind: PieceKind, providers: Sequence[str]) -> Piece:
+    """A session over a bundle graph whose inputs and outputs, in order, are the ones the
+    manifest names for its kind (the backbones bind them by position or name)."""
+    piece = Piece(bundle / rel, providers)
+    io = manifest.io.get(kind.value)
+    if io is None or (piece.inputs, piece.outputs) != (io.inputs, io.outputs):
+        want = f"{list(io.inputs)} -> {list(io.outputs)}" if io else f"no '{kind.value}' entry in its io"
+        raise BundleError(f"graph {rel} has {list(piece.inputs)} -> {list(piece.outputs)}, the manifest says {want}; "
+                          "the graph does not belong to this bundle, re-export it")
+    return piece
+
+
 class Backbone:
     def __init__(self, bundle: Path, manifest: Manifest, experts: ExpertBackend,
                  providers: Sequence[str] = (CPU,)):
@@ -62,15 +74,7 @@ class Backbone:
         return self._piece(naming.layer_piece(kind, layer), kind)
 
     def _piece(self, rel: str, kind: PieceKind) -> Piece:
-        """A session over a bundle graph whose inputs and outputs, in order, are the ones the
-        manifest names for its kind (the backbone binds them by position)."""
-        piece = Piece(self._bundle / rel, self._providers)
-        io = self.m.io.get(kind.value)
-        if io is None or (piece.inputs, piece.outputs) != (io.inputs, io.outputs):
-            want = f"{list(io.inputs)} -> {list(io.outputs)}" if io else f"no '{kind.value}' entry in its io"
-            raise BundleError(f"graph {rel} has {list(piece.inputs)} -> {list(piece.outputs)}, the manifest says {want}; "
-                              "the graph does not belong to this bundle, re-export it")
-        return piece
+        return open_piece(self._bundle, self.m, rel, kind, self._providers)
 
     def new_cache(self) -> KVCache:
         d = self.m.dims
@@ -100,7 +104,7 @@ class Backbone:
                 weights, topk = weights[0], topk[0]                              # [T, A]
                 for observe in self.observers:
                     observe(layer, topk, weights)
-                groups: list[ExpertGroup] = group_by_expert(topk, weights)
+                groups: list[ExpertGroup] = group_by_expert(topk, weights) if self.experts.needs_groups else []
                 calls = self.experts.calls()
                 t4 = perf_counter()
                 ffn = self.experts.run_layer(layer, normed, groups, ids=topk, weights=weights)   # [1, T, H]

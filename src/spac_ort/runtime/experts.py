@@ -3,7 +3,8 @@
 A backend runs one MoE layer's routed experts for a group of tokens and returns the
 weighted sum. `SessionPerExpert` holds one ORT session per expert with constant weights
 (one call per active expert); `GroupedExperts` runs all of a layer's routed experts in
-one call over stacked weights; `tiers.tiered.TieredExperts` places experts on tiers.
+one call over stacked weights (standard operators); `MoEExperts` in one
+``com.microsoft.MoE`` call; `tiers.tiered.TieredExperts` places experts on tiers.
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ from typing import Any, Callable, Optional, Protocol, Sequence
 
 import numpy as np
 
+from .. import naming
 from ..manifest import Manifest
-from .graphs import grouped_swiglu_graph
+from .graphs import grouped_swiglu_graph, moe_graph
 from .routing import ExpertGroup, combine
 from .sessions import CPU, Piece, ort, session_options
 from .tiers.store import ExpertStore
@@ -24,6 +26,8 @@ log = logging.getLogger(__name__)
 
 
 class ExpertBackend(Protocol):
+    needs_groups: bool      # run_layer reads ``groups``; else they are not computed
+
     def run_layer(self, layer: int, x: np.ndarray, groups: Sequence[ExpertGroup],
                   ids: Optional[np.ndarray] = None, weights: Optional[np.ndarray] = None) -> np.ndarray:
         """x: [1, T, H]; returns [1, T, H] = sum over groups of weight * expert(x[rows]).
@@ -52,6 +56,8 @@ class ExpertBackend(Protocol):
 class ResidentBackend:
     """What backends without tiers share: no counters, nothing to release."""
 
+    needs_groups = False     # run_layer reads ``groups`` (else only ids and weights)
+
     def mark(self) -> Any:
         return None
 
@@ -67,6 +73,8 @@ class ResidentBackend:
 
 class SessionPerExpert(ResidentBackend):
     """All experts resident, one constant-weight session each."""
+
+    needs_groups = True
 
     def __init__(self, bundle: Path, manifest: Manifest, providers: Sequence[str] = (CPU,),
                  progress: Optional[Callable[[int, int], None]] = None):
@@ -139,14 +147,78 @@ class GroupedExperts(ResidentBackend):
         return self._calls
 
 
-BACKENDS = ("grouped", "sessions")       # --experts choices: backends with every expert resident
+def interleaved(w_gate: np.ndarray, w_up: np.ndarray, w_down: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """An expert's weights as com.microsoft.MoE takes them: gate/up [2I, H] with row 2i the
+    gate's column i and row 2i+1 the up projection's, down [H, I]."""
+    inter, hidden = w_gate.shape[1], w_gate.shape[0]
+    gate_up = np.empty((2 * inter, hidden), dtype=np.float32)
+    gate_up[0::2], gate_up[1::2] = w_gate.T, w_up.T
+    return gate_up, np.ascontiguousarray(w_down.T)
+
+
+class MoEExperts(ResidentBackend):
+    """All experts resident in host memory; a layer's routed experts in one
+    ``com.microsoft.MoE`` call. Needs the router's ``expert_logits`` and ``weight_sum``
+    (fused graphs), so the fused backbone binds it directly (`session`, `layer_weights`)."""
+
+    def __init__(self, bundle: Path, manifest: Manifest, providers: Sequence[str] = (CPU,)):
+        d = manifest.dims
+        store = ExpertStore(bundle, manifest)
+        self.session = ort.InferenceSession(moe_graph(d.hidden_size, d.expert_intermediate, d.num_experts, d.top_k),
+                                            session_options(), providers=list(providers))
+        self._weights: dict[int, tuple] = {}
+        self._num_experts = d.num_experts
+        for layer in manifest.moe_layers():
+            pairs = [interleaved(*store.get(layer, e)) for e in range(d.num_experts)]
+            self._weights[layer] = tuple(ort.OrtValue.ortvalue_from_numpy(np.stack([p[i] for p in pairs]))
+                                         for i in range(2))
+        self._calls = 0
+
+    def layer_weights(self, layer: int) -> tuple:
+        """(w_gate_up [E, 2I, H], w_down [E, H, I]) of ``layer`` as OrtValues."""
+        return self._weights[layer]
+
+    def count(self, calls: int) -> None:
+        self._calls += calls
+
+    def run_layer(self, layer: int, x: np.ndarray, groups: Sequence[ExpertGroup],
+                  ids: Optional[np.ndarray] = None, weights: Optional[np.ndarray] = None) -> np.ndarray:
+        """The numpy path (the fused backbone binds the session directly instead)."""
+        if ids is None or weights is None:
+            raise ValueError("the MoE backend needs the router outputs (ids and weights)")
+        logits = np.full((ids.shape[0], self._num_experts), -1e30, np.float32)
+        np.put_along_axis(logits, ids, np.log(weights), axis=1)
+        logits = logits[None]                                                  # [1, T, E]
+        wsum = weights.sum(axis=1, dtype=np.float32).reshape(1, -1, 1)
+        b = self.session.io_binding()
+        b.bind_cpu_input(naming.NORMED, np.ascontiguousarray(x, dtype=np.float32))
+        b.bind_cpu_input(naming.EXPERT_LOGITS, logits)
+        b.bind_cpu_input(naming.WEIGHT_SUM, np.ascontiguousarray(wsum))
+        for name, value in zip(("w_gate_up", "w_down"), self._weights[layer]):
+            b.bind_ortvalue_input(name, value)
+        b.bind_output(naming.FFN_OUT)
+        self.session.run_with_iobinding(b)
+        self._calls += 1
+        return b.copy_outputs_to_cpu()[0]
+
+    def calls(self) -> int:
+        return self._calls
+
+
+BACKENDS = ("auto", "moe", "grouped", "sessions")    # --experts choices: every expert resident
 
 
 def resident_backend(name: str, bundle: Path, manifest: Manifest, providers: Sequence[str] = (CPU,),
                      progress: Optional[Callable[[int, int], None]] = None) -> ResidentBackend:
-    """The backend ``name`` (one of `BACKENDS`) over every expert of the bundle."""
+    """The backend ``name`` (one of `BACKENDS`) over every expert of the bundle. ``auto``:
+    the MoE operator for bundles with fused graphs, grouped calls for portable ones."""
     from ..errors import ConfigError
+    from ..naming import Graphs
 
+    if name == "auto":
+        name = "moe" if manifest.graphs is Graphs.FUSED else "grouped"
+    if name == "moe":
+        return MoEExperts(bundle, manifest, providers)
     if name == "grouped":
         return GroupedExperts(bundle, manifest)
     if name == "sessions":

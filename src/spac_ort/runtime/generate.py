@@ -68,18 +68,19 @@ class Generator:
         self._observers: list[StepObserver] = [self.experts] if policy is not None else []
         d = manifest.dims
         self._routing = RoutingRecorder(d.num_layers, d.num_experts)
-        backbone.observers.append(self._routing)
         self._step = 0
 
     @classmethod
     def from_bundle(cls, path: Union[str, Path], *, verify: bool = False, draft: Optional[Union[str, Path]] = None,
-                    providers: Sequence[str] = (CPU,), experts: str = "grouped", tiers: Optional[TierConfig] = None,
+                    providers: Sequence[str] = (CPU,), experts: str = "auto", tiers: Optional[TierConfig] = None,
                     progress: Optional[Progress] = None) -> "Generator":
         """Load and validate a bundle. ``verify`` also checks every file's sha256.
         ``draft`` names an optimum ONNX export directory to use instead of the bundle's draft.
 
-        Without ``tiers`` every expert is resident on the CPU: ``experts="grouped"`` runs a
-        layer's routed experts in one ORT call, ``"sessions"`` one session per expert. With
+        Without ``tiers`` every expert is resident on the CPU: ``experts="moe"`` runs a layer's
+        routed experts in one ``com.microsoft.MoE`` call, ``"grouped"`` in one call of standard
+        operators, ``"sessions"`` one session per expert; ``"auto"``: moe for bundles with
+        fused graphs, else grouped. With
         a `TierConfig` a placement policy puts experts on a fast tier under a budget, the
         CPU, and the bundle's files (see `TierConfig`)."""
         parts = load(path, verify=verify, draft=draft, providers=providers, experts=experts, tiers=tiers,
@@ -192,6 +193,9 @@ class Generator:
                   control: Control) -> Iterator[int]:
         bb, draft = self.backbone, self.draft
         k = control.largest                     # 0: plain decoding, the draft is not used
+        recording = bool(self._observers or self.step_observers)   # routing is recorded for them only
+        if recording != (self._routing in bb.observers):
+            (bb.observers.append if recording else bb.observers.remove)(self._routing)
         bb.timers.reset()
         self._step = 0
         mark = self.experts.mark()

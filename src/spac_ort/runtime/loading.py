@@ -12,7 +12,9 @@ from ..budget import parse_budget
 from ..bundle_files import check_present, verify_files
 from ..errors import BundleError
 from ..manifest import Manifest, load_manifest
+from ..naming import Graphs
 from .backbone import Backbone
+from .fused import FusedBackbone
 from .config import TierConfig
 from .draft import DraftModel, find_graph
 from .experts import ExpertBackend, resident_backend
@@ -27,7 +29,7 @@ Progress = Callable[[str, int, int], None]
 class Parts:
     bundle: Path
     manifest: Manifest
-    backbone: Backbone
+    backbone: Union[Backbone, FusedBackbone]
     tokenizer: Optional[Tokenizer]
     draft: Optional[DraftModel]
     policy: Optional[Policy]
@@ -49,7 +51,8 @@ def load(path: Union[str, Path], *, verify: bool, draft: Optional[Union[str, Pat
         policy = tiers.policy if isinstance(tiers.policy, Policy) else make_policy(tiers.policy, tiers.spac)
         backend = _tiered(bundle, manifest, policy, tiers)
     try:
-        backbone = Backbone(bundle, manifest, backend, providers)
+        backbone = (FusedBackbone if manifest.graphs is Graphs.FUSED else Backbone)(bundle, manifest, backend,
+                                                                                    providers)
         tok = Tokenizer(bundle / manifest.tokenizer) if manifest.tokenizer else None
         draft_model = _draft(bundle, manifest, draft, providers)
     except BaseException:

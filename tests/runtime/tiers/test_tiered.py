@@ -118,6 +118,6 @@ def test_graphs_use_an_ir_version_older_runtimes_read(demo_bundle):
     from spac_ort.runtime.graphs import swiglu_graph
 
     assert onnx.load_from_string(swiglu_graph(8, 4)).ir_version == 8
-    for rel in ("embed.onnx", "head.onnx", "layers/000/attention.onnx", "layers/000/experts/000.onnx",
+    for rel in ("embed.onnx", "final.onnx", "layers/000/layer.onnx", "layers/000/experts/000.onnx",
                 "draft/model.onnx"):
         assert onnx.load(str(demo_bundle / rel), load_external_data=False).ir_version <= 10, rel

@@ -1,0 +1,191 @@
+"""Fused graphs (``--graphs fused``): one layer's attention and router in one graph on ONNX
+Runtime's fused operators, and the final norm with the head.
+
+    layer:  SkipSimplifiedLayerNormalization(ffn_in + hidden)  -> x, h
+            MatMul(x, [q|k|v]) -> q, k, v  (biases, q/k norms, clipping as the family has them)
+            GroupQueryAttention(q, k, v, KV cache shared in place, rotary from cos/sin tables)
+            MatMul(., o);  SkipSimplifiedLayerNormalization(attn + h) -> normed, hidden_out
+            router: MatMul -> Softmax -> TopK [-> renormalise] [-> scale]
+                    -> expert_logits [1, T, E] (log weight of the chosen, -1e30 elsewhere), weight_sum
+
+The residual of a layer is folded into the next layer's first norm (``ffn_in`` + ``hidden``),
+so a layer is two calls: this graph and its experts. Built with onnx.helper over the
+adapter's weights; each graph is checked against the torch modules by the piece writer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from .. import naming
+from ..errors import UnsupportedModelError
+from ..manifest import ModelDims, Routing, Scoring, TopkMethod
+from ..naming import PieceKind
+from .config import AttentionSpec, QKNorm
+from .onnx_io import Template
+from .weights import AttentionWeights
+
+MS = "com.microsoft"
+NEG = -1e30          # logit of an expert not chosen: finite, so softmax gives exactly 0
+F, I32, I64 = TensorProto.FLOAT, TensorProto.INT32, TensorProto.INT64
+
+
+def check_supported(dims: ModelDims, routing: Routing, mla: bool) -> None:
+    """Raise `UnsupportedModelError` when the model has no fused graphs."""
+    if dims.head_dim % 16:
+        raise UnsupportedModelError(f"fused attention needs a head size that is a multiple of 16 (this model's is "
+                                    f"{dims.head_dim}); export with --graphs portable")
+    if mla:
+        raise UnsupportedModelError("latent attention (DeepSeek) has no fused graphs; export with --graphs portable")
+    if routing.scoring is not Scoring.SOFTMAX or routing.topk_method is not TopkMethod.GREEDY:
+        raise UnsupportedModelError("this family's routing (sigmoid or group-limited) has no fused router; "
+                                    "export with --graphs portable")
+
+
+@dataclass
+class _Graph:
+    """Nodes, constants and weights of one graph under construction."""
+
+    nodes: list = field(default_factory=list)
+    consts: list = field(default_factory=list)
+    weights: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def node(self, op: str, inputs: list[str], outputs: list[str], domain: str = "", **attrs) -> str:
+        self.nodes.append(helper.make_node(op, inputs, outputs, domain=domain or None, **attrs))
+        return outputs[0]
+
+    def const(self, name: str, values: list, dtype: int = I64, scalar: bool = False) -> str:
+        self.consts.append(helper.make_tensor(name, dtype, [] if scalar else [len(values)], values))
+        return name
+
+    def weight(self, name: str, arr) -> str:
+        self.weights[name] = np.ascontiguousarray(np.asarray(arr, dtype=np.float32))
+        return name
+
+    def template(self, kind: PieceKind, name: str, inputs: list, outputs: list) -> tuple[Template, dict]:
+        inits = list(self.consts)
+        for n, arr in self.weights.items():
+            t = TensorProto(name=n, data_type=F)
+            t.dims.extend(arr.shape)
+            inits.append(t)
+        graph = helper.make_graph(self.nodes, name, inputs, outputs, initializer=inits)
+        model = helper.make_model(graph, ir_version=8, opset_imports=[helper.make_opsetid("", 17),
+                                                                      helper.make_opsetid(MS, 1)])
+        return Template(model, tuple(self.weights)), dict(self.weights)
+
+
+def _t(w) -> np.ndarray:
+    """A torch [out, in] weight as a numpy [in, out] matrix."""
+    return w.detach().float().numpy().T
+
+
+def _vi(name: str, dtype: int, shape: list) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(name, dtype, shape)
+
+
+def _attention(g: _Graph, d: ModelDims, spec: AttentionSpec, w: AttentionWeights) -> None:
+    eps = spec.rms_eps
+    nh, kv, hd = d.num_heads, d.num_kv_heads, d.head_dim
+    g.node("SkipSimplifiedLayerNormalization", [naming.FFN_IN, naming.HIDDEN, g.weight("w_input_norm", w.input_norm)],
+           ["x", "", "", "h"], MS, epsilon=eps)
+    g.node("MatMul", ["x", g.weight("w_qkv", np.concatenate([_t(w.q), _t(w.k), _t(w.v)], axis=1))], ["qkv"])
+    if w.q_bias is not None:
+        bias = np.concatenate([b.detach().float().numpy() for b in (w.q_bias, w.k_bias, w.v_bias)])
+        g.node("Add", ["qkv", g.weight("b_qkv", bias)], ["qkv_b"])
+    g.node("Split", ["qkv_b" if w.q_bias is not None else "qkv", g.const("qkv_split", [nh * hd, kv * hd, kv * hd])],
+           ["q0", "k0", "v0"], axis=-1)
+    q, k, v = "q0", "k0", "v0"
+    if spec.qk_norm is QKNorm.FULL:
+        q = g.node("SimplifiedLayerNormalization", [q, g.weight("w_q_norm", w.q_norm)], ["q_n"], axis=-1, epsilon=eps)
+        k = g.node("SimplifiedLayerNormalization", [k, g.weight("w_k_norm", w.k_norm)], ["k_n"], axis=-1, epsilon=eps)
+    if spec.clip_qkv is not None:
+        lo = g.const("clip_lo", [-spec.clip_qkv], F, scalar=True)
+        hi = g.const("clip_hi", [spec.clip_qkv], F, scalar=True)
+        q, k, v = (g.node("Clip", [z, lo, hi], [f"{z}_c"]) for z in (q, k, v))
+    if spec.qk_norm is QKNorm.PER_HEAD:
+        q, k = (_head_norm(g, z, heads, w_norm, eps) for z, heads, w_norm in
+                ((q, nh, ("w_q_norm", w.q_norm)), (k, kv, ("w_k_norm", w.k_norm))))
+    g.node("GroupQueryAttention", [q, k, v, naming.PAST_KEY, naming.PAST_VALUE, naming.SEQLENS_K, naming.TOTAL_LENGTH,
+                                   naming.COS_CACHE, naming.SIN_CACHE],
+           ["attn", naming.PRESENT_KEY, naming.PRESENT_VALUE], MS, num_heads=nh, kv_num_heads=kv, do_rotary=1,
+           local_window_size=spec.sliding_window or -1)   # keys attended, self included
+    g.node("MatMul", ["attn", g.weight("w_o", _t(w.o))], ["o"])
+    if w.o_bias is not None:
+        g.node("Add", ["o", g.weight("b_o", w.o_bias.detach().float().numpy())], ["o_b"])
+    g.node("SkipSimplifiedLayerNormalization", ["o_b" if w.o_bias is not None else "o", "h",
+                                                g.weight("w_post_norm", w.post_norm)],
+           [naming.NORMED, "", "", naming.HIDDEN_OUT], MS, epsilon=eps)
+
+
+def _head_norm(g: _Graph, z: str, heads: int, weight: tuple, eps: float) -> str:
+    """RMSNorm over each head's dims (Qwen3's q/k norms)."""
+    d = weight[1].shape[-1]
+    g.node("Reshape", [z, g.const(f"{z}_heads", [1, -1, heads, d])], [f"{z}_h"])
+    g.node("SimplifiedLayerNormalization", [f"{z}_h", g.weight(*weight)], [f"{z}_hn"], axis=-1, epsilon=eps)
+    return g.node("Reshape", [f"{z}_hn", g.const(f"{z}_flat", [1, -1, heads * d])], [f"{z}_n"])
+
+
+def _router(g: _Graph, d: ModelDims, routing: Routing, weight) -> None:
+    last = g.const("last_axis", [-1])
+    g.node("MatMul", [naming.NORMED, g.weight("w_router", _t(weight))], ["router_logits"])
+    g.node("Softmax", ["router_logits"], ["probs"], axis=-1)
+    steps = [("norm", routing.norm_topk_prob), ("scale", routing.routed_scaling_factor != 1.0)]
+    final = [name for name, on in steps if on][-1:] or ["topk"]
+    out = lambda name: naming.TOPK_WEIGHTS if name == final[0] else f"w_{name}"   # noqa: E731
+    g.node("TopK", ["probs", g.const("k", [d.top_k])], [out("topk"), naming.TOPK_IDS], axis=-1)
+    w = out("topk")
+    if routing.norm_topk_prob:
+        g.node("ReduceSum", [w, last], ["w_sum_raw"], keepdims=1)
+        w = g.node("Div", [w, "w_sum_raw"], [out("norm")])
+    if routing.routed_scaling_factor != 1.0:
+        w = g.node("Mul", [w, g.const("scale", [routing.routed_scaling_factor], F)], [out("scale")])
+    g.node("ReduceSum", [naming.TOPK_WEIGHTS, last], [naming.WEIGHT_SUM], keepdims=1)
+    # expert_logits: a row of NEG with log(weight) at the chosen experts, so softmax over
+    # the row gives each chosen expert weight / weight_sum (what com.microsoft.MoE takes)
+    g.node("Log", [naming.TOPK_WEIGHTS], ["log_w"])
+    g.node("Shape", ["router_logits"], ["logits_shape"])
+    g.node("Expand", [g.const("neg", [NEG], F), "logits_shape"], ["neg_rows"])
+    g.node("ScatterElements", ["neg_rows", naming.TOPK_IDS, "log_w"], [naming.EXPERT_LOGITS], axis=-1)
+
+
+def layer_graph(d: ModelDims, spec: AttentionSpec, routing: Routing, w: AttentionWeights,
+                router: Optional[object]) -> tuple[Template, dict]:
+    """A MoE layer (``router`` = the router weight [E, H]) or a dense layer (None)."""
+    g = _Graph()
+    _attention(g, d, spec, w)
+    if router is not None:
+        _router(g, d, routing, router)
+    h, kv, hd = d.hidden_size, d.num_kv_heads, d.head_dim
+    inputs = [_vi(naming.HIDDEN, F, [1, "T", h]), _vi(naming.FFN_IN, F, [1, "T", h]),
+              _vi(naming.PAST_KEY, F, [1, kv, "M", hd]), _vi(naming.PAST_VALUE, F, [1, kv, "M", hd]),
+              _vi(naming.SEQLENS_K, I32, [1]), _vi(naming.TOTAL_LENGTH, I32, []),
+              _vi(naming.COS_CACHE, F, ["C", hd // 2]), _vi(naming.SIN_CACHE, F, ["C", hd // 2])]
+    outputs = [_vi(naming.HIDDEN_OUT, F, [1, "T", h]), _vi(naming.NORMED, F, [1, "T", h])]
+    if router is not None:
+        a = d.top_k
+        outputs += [_vi(naming.TOPK_WEIGHTS, F, [1, "T", a]), _vi(naming.TOPK_IDS, I64, [1, "T", a]),
+                    _vi(naming.EXPERT_LOGITS, F, [1, "T", d.num_experts]), _vi(naming.WEIGHT_SUM, F, [1, "T", 1])]
+    outputs += [_vi(naming.PRESENT_KEY, F, [1, kv, "M", hd]), _vi(naming.PRESENT_VALUE, F, [1, kv, "M", hd])]
+    kind = PieceKind.LAYER if router is not None else PieceKind.DENSE_LAYER
+    return g.template(kind, kind.value, inputs, outputs)
+
+
+def final_graph(d: ModelDims, eps: float, norm, lm_head) -> tuple[Template, dict]:
+    """Residual of the last layer, final norm and lm_head over the rows asked for."""
+    g = _Graph()
+    g.node("Gather", [naming.HIDDEN, naming.LOGIT_ROWS], ["h_rows"], axis=1)
+    g.node("Gather", [naming.FFN_IN, naming.LOGIT_ROWS], ["f_rows"], axis=1)
+    g.node("SkipSimplifiedLayerNormalization", ["f_rows", "h_rows", g.weight("w_norm", norm)], ["x"], MS,
+           epsilon=eps)
+    g.node("MatMul", ["x", g.weight("w_lm_head", _t(lm_head))], [naming.LOGITS])
+    h = d.hidden_size
+    return g.template(PieceKind.FINAL, "final",
+                      [_vi(naming.HIDDEN, F, [1, "T", h]), _vi(naming.FFN_IN, F, [1, "T", h]),
+                       _vi(naming.LOGIT_ROWS, I64, ["N"])],
+                      [_vi(naming.LOGITS, F, [1, "N", d.vocab_size])])
+

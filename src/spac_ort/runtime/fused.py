@@ -1,0 +1,262 @@
+"""The target model's forward pass over a bundle with fused graphs, as prebound calls.
+
+    ids [T] -> embed -> for each layer:
+                          layer graph: residual + norm, attention (KV cache updated in
+                                       place), post-norm, router -> normed, ids, weights
+                          experts:     one com.microsoft.MoE call (resident), or the
+                                       expert backend on the host (tiers, other backends)
+               -> final graph: residual + norm + lm_head at the rows asked for -> logits
+
+Every value between calls lives in a numpy buffer wrapped as an OrtValue (no copies); the
+bindings of a window length T are made once and reused (`_Plan`), and rebuilt only when
+the KV buffers grow. A call is then one ``run_with_iobinding``.
+"""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+from time import perf_counter
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+
+from .. import naming
+from ..manifest import LayerKind, Manifest
+from ..naming import PieceKind
+from .experts import ExpertBackend, MoEExperts
+from .rope import rope_tables
+from .routing import group_by_expert
+from .sampling import check_finite
+from .sessions import CPU, Piece, ort
+from .stats import PieceTimers
+
+RoutingObserver = Callable[[int, np.ndarray, np.ndarray], None]
+_CACHED_PLANS = 16      # windows up to this length keep their bindings
+_BUFFER_SETS = itertools.count(1)
+
+
+def _value(arr: np.ndarray):
+    """An OrtValue over ``arr``'s memory (the array must outlive it)."""
+    return ort.OrtValue.ortvalue_from_numpy(arr)
+
+
+class FusedKV:
+    """Per-layer KV buffers [1, KV, capacity, D] the layer graphs update in place; rollback
+    after rejected draft tokens is a length change. Grows by doubling (a copy)."""
+
+    def __init__(self, num_layers: int, heads: int, key_dim: int, value_dim: int, capacity: int = 256):
+        self.length = 0
+        self.capacity = 0
+        self.generation = 0             # unique per buffer set: bindings over other buffers are stale
+        self._dims = (num_layers, heads, key_dim, value_dim)
+        self.keys: list[np.ndarray] = []
+        self.values: list[np.ndarray] = []
+        self.key_values: list = []
+        self.value_values: list = []
+        self.reserve(capacity)
+
+    def reserve(self, positions: int) -> None:
+        if positions <= self.capacity:
+            return
+        layers, heads, kd, vd = self._dims
+        cap = max(positions, 2 * self.capacity)
+        keys = [np.zeros((1, heads, cap, kd), np.float32) for _ in range(layers)]
+        values = [np.zeros((1, heads, cap, vd), np.float32) for _ in range(layers)]
+        for new, old in zip(keys + values, self.keys + self.values):
+            new[:, :, :self.length] = old[:, :, :self.length]
+        self.keys, self.values, self.capacity = keys, values, cap
+        self.key_values = [_value(k) for k in keys]
+        self.value_values = [_value(v) for v in values]
+        self.generation = next(_BUFFER_SETS)
+
+    def truncate(self, length: int) -> None:
+        """Keep the first ``length`` positions (rollback after rejected draft tokens)."""
+        if not 0 <= length <= self.length:
+            raise ValueError(f"cannot truncate a cache of {self.length} positions to {length}")
+        self.length = length
+
+
+class _Plan:
+    """The buffers and bindings of one window length: ``steps`` run in order."""
+
+    def __init__(self, t: int, rows: int):
+        self.t = t
+        self.ids = np.zeros((1, t), np.int64)
+        self.rows = np.zeros(rows, np.int64)
+        self.logits: Optional[np.ndarray] = None
+        self.arrays: list[np.ndarray] = []
+        self.values: list = []
+        self.steps: list[tuple[str, Callable[[], Optional[int]]]] = []   # -> ORT calls made (None: 1)
+
+    def buffer(self, shape: tuple[int, ...], dtype=np.float32) -> tuple[np.ndarray, object]:
+        arr = np.zeros(shape, dtype)
+        value = _value(arr)
+        self.arrays.append(arr)
+        self.values.append(value)
+        return arr, value
+
+
+class FusedBackbone:
+    def __init__(self, bundle: Path, manifest: Manifest, experts: ExpertBackend,
+                 providers: Sequence[str] = (CPU,), open_piece=None):
+        from .backbone import open_piece as default_open
+
+        self.m = manifest
+        self.experts = experts
+        self.timers = PieceTimers()
+        self.observers: list[RoutingObserver] = []
+        opener = open_piece or default_open
+        piece = lambda rel, kind: opener(bundle, manifest, rel, kind, providers)   # noqa: E731
+        self.embed = piece(naming.EMBED, PieceKind.EMBED)
+        self.final = piece(naming.FINAL, PieceKind.FINAL)
+        self.layers: list[Piece] = []
+        self.shared: dict[int, Piece] = {}
+        self.dense: dict[int, Piece] = {}
+        for layer, kind in enumerate(manifest.layer_kinds):
+            moe = kind is LayerKind.MOE
+            lk = PieceKind.LAYER if moe else PieceKind.DENSE_LAYER
+            self.layers.append(piece(naming.layer_piece(lk, layer), lk))
+            if moe and manifest.dims.shared_expert_intermediate:
+                self.shared[layer] = piece(naming.layer_piece(PieceKind.SHARED_EXPERT, layer), PieceKind.SHARED_EXPERT)
+            elif not moe:
+                self.dense[layer] = piece(naming.layer_piece(PieceKind.DENSE_MLP, layer), PieceKind.DENSE_MLP)
+        d = manifest.dims
+        cos, sin = rope_tables(manifest.rope_theta, d.head_dim, d.max_positions)
+        self._rope = (cos, sin, _value(cos), _value(sin))
+        self._seqlens = np.zeros(1, np.int32)
+        self._total = np.zeros((), np.int32)
+        self._lengths = (_value(self._seqlens), _value(self._total))
+        self._plans: dict[tuple[int, bool], _Plan] = {}
+        self._generation = -1
+
+    def new_cache(self) -> FusedKV:
+        d = self.m.dims
+        return FusedKV(d.num_layers, d.cache_heads, d.cache_key_dim, d.cache_value_dim)
+
+    # ---- one pass ------------------------------------------------------------------------
+    def forward(self, ids: Sequence[int], cache: FusedKV, last_only: bool = True) -> np.ndarray:
+        """Run T new tokens; returns logits [T, V] (or [1, V] with ``last_only``)."""
+        t = len(ids)
+        start = cache.length
+        cache.reserve(start + t)
+        plan = self._plan(t, last_only, cache)
+        plan.ids[0] = ids
+        self._seqlens[0] = start + t - 1
+        self._total[()] = start + t
+        add = self.timers.add
+        t0 = perf_counter()
+        for name, step in plan.steps:
+            calls = step()
+            t1 = perf_counter()
+            add(name, t1 - t0, 1 if calls is None else calls)
+            t0 = t1
+        cache.length = start + t
+        logits = plan.logits[0].copy()
+        check_finite(logits, "target model", start + t)
+        return logits
+
+    def _plan(self, t: int, last_only: bool, cache: FusedKV) -> _Plan:
+        if cache.generation != self._generation:
+            self._plans.clear()
+            self._generation = cache.generation
+        key = (t, last_only)
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = self._build(t, last_only, cache)
+            if t <= _CACHED_PLANS:
+                self._plans[key] = plan
+        return plan
+
+    # ---- bindings --------------------------------------------------------------------------
+    def _build(self, t: int, last_only: bool, cache: FusedKV) -> _Plan:
+        d = self.m.dims
+        plan = _Plan(t, 1 if last_only else t)
+        plan.rows[:] = [t - 1] if last_only else np.arange(t)
+        h = (1, t, d.hidden_size)
+        hidden, hidden_v = plan.buffer(h)
+        self._bind(plan, "embed", self.embed, {naming.INPUT_IDS: _value(plan.ids)}, {naming.HIDDEN: hidden_v})
+        ffn, ffn_v = plan.buffer(h)                                  # zeros: no FFN before layer 0
+        for layer, kind in enumerate(self.m.layer_kinds):
+            hidden, hidden_v, ffn, ffn_v = self._bind_layer(plan, layer, kind, hidden_v, ffn_v, cache)
+        logits, logits_v = plan.buffer((1, plan.rows.size, d.vocab_size))
+        plan.logits = logits
+        self._bind(plan, "head", self.final, {naming.HIDDEN: hidden_v, naming.FFN_IN: ffn_v,
+                                              naming.LOGIT_ROWS: _value(plan.rows)}, {naming.LOGITS: logits_v})
+        return plan
+
+    def _bind(self, plan: _Plan, name: str, piece, inputs: dict, outputs: dict,
+              step: bool = True) -> Callable[[], None]:
+        """Bind ``piece``'s inputs and outputs to these OrtValues; returns the call, which
+        is also appended to the plan's steps under ``name`` unless ``step`` is False."""
+        session = piece.session
+        b = session.io_binding()
+        for n, v in inputs.items():
+            b.bind_ortvalue_input(n, v)
+        for n, v in outputs.items():
+            b.bind_ortvalue_output(n, v)
+        plan.values.extend(inputs.values())
+        run, raw = session._sess.run_with_iobinding, b._iobinding
+        call = lambda: run(raw, None)        # noqa: E731  (the binding's C++ call, without the wrapper)
+        plan.values.append(b)
+        if step:
+            plan.steps.append((name, call))
+        return call
+
+    def _bind_layer(self, plan: _Plan, layer: int, kind: LayerKind, hidden_v, ffn_v, cache: FusedKV):
+        d, t = self.m.dims, plan.t
+        h = (1, t, d.hidden_size)
+        out, out_v = plan.buffer(h)
+        normed, normed_v = plan.buffer(h)
+        cos_v, sin_v = self._rope[2], self._rope[3]
+        inputs = {naming.HIDDEN: hidden_v, naming.FFN_IN: ffn_v, naming.PAST_KEY: cache.key_values[layer],
+                  naming.PAST_VALUE: cache.value_values[layer], naming.SEQLENS_K: self._lengths[0],
+                  naming.TOTAL_LENGTH: self._lengths[1], naming.COS_CACHE: cos_v, naming.SIN_CACHE: sin_v}
+        outputs = {naming.HIDDEN_OUT: out_v, naming.NORMED: normed_v,
+                   naming.PRESENT_KEY: cache.key_values[layer], naming.PRESENT_VALUE: cache.value_values[layer]}
+        new_ffn, new_ffn_v = plan.buffer(h)
+        if kind is LayerKind.DENSE:
+            self._bind(plan, "attention", self.layers[layer], inputs, outputs)
+            self._bind(plan, "dense_mlp", self.dense[layer], {naming.NORMED: normed_v}, {naming.FFN_OUT: new_ffn_v})
+            return out, out_v, new_ffn, new_ffn_v
+        a, e = d.top_k, d.num_experts
+        weights, weights_v = plan.buffer((1, t, a))
+        ids, ids_v = plan.buffer((1, t, a), np.int64)
+        logits, logits_v = plan.buffer((1, t, e))
+        wsum, wsum_v = plan.buffer((1, t, 1))
+        outputs.update({naming.TOPK_WEIGHTS: weights_v, naming.TOPK_IDS: ids_v, naming.EXPERT_LOGITS: logits_v,
+                        naming.WEIGHT_SUM: wsum_v})
+        self._bind(plan, "attention", self.layers[layer], inputs, outputs)
+        plan.steps.append(("observe", lambda: self._observe(layer, ids, weights)))
+        routed, routed_v = (plan.buffer(h) if layer in self.shared else (new_ffn, new_ffn_v))
+        if isinstance(self.experts, MoEExperts):
+            gate_up, down = self.experts.layer_weights(layer)
+            experts = self.experts
+            call = self._bind(plan, "experts", experts,
+                              {naming.NORMED: normed_v, naming.EXPERT_LOGITS: logits_v, naming.WEIGHT_SUM: wsum_v,
+                               "w_gate_up": gate_up, "w_down": down}, {naming.FFN_OUT: routed_v}, step=False)
+            plan.steps.append(("experts", lambda: (call(), experts.count(1))[1]))
+        else:
+            plan.steps.append(("experts", lambda: self._host_experts(layer, normed, ids, weights, routed)))
+        if layer in self.shared:
+            shared, shared_v = plan.buffer(h)
+            self._bind(plan, "shared_expert", self.shared[layer], {naming.NORMED: normed_v}, {naming.FFN_OUT: shared_v})
+            plan.steps.append(("add_shared", lambda: (np.add(routed, shared, out=new_ffn), 0)[1]))
+        return out, out_v, new_ffn, new_ffn_v
+
+    def _observe(self, layer: int, ids: np.ndarray, weights: np.ndarray) -> int:
+        if self.observers:
+            i, w = ids[0].copy(), weights[0].copy()          # observers may keep them
+            for observe in self.observers:
+                observe(layer, i, w)
+        return 0
+
+    def _host_experts(self, layer: int, normed: np.ndarray, ids: np.ndarray, weights: np.ndarray,
+                      out: np.ndarray) -> int:
+        """The expert backend on the host (tiers, grouped, sessions); returns its ORT calls."""
+        i, w = ids[0], weights[0]
+        groups = group_by_expert(i, w) if self.experts.needs_groups else []
+        before = self.experts.calls()
+        np.copyto(out, self.experts.run_layer(layer, normed, groups, ids=i, weights=w))
+        return self.experts.calls() - before
+
