@@ -113,12 +113,13 @@ def test_corrupt_manifest(bundle_copy):
     _fails(run(bundle_copy, "-p", "hi"), "not valid JSON", "re-export")
 
 
-def test_wrong_manifest_version(bundle_copy):
+@pytest.mark.parametrize("version", [1, 99])     # 1: bundles of spac-ort before graph variants
+def test_wrong_manifest_version(bundle_copy, version):
     path = bundle_copy / "spac-manifest.json"
     data = json.loads(path.read_text())
-    data["schema_version"] = 99
+    data["schema_version"] = version
     path.write_text(json.dumps(data))
-    _fails(run(bundle_copy, "-p", "hi"), "schema_version 99", "re-export")
+    _fails(run(bundle_copy, "-p", "hi"), f"schema_version {version}", "re-export")
 
 
 def test_manifest_field_of_wrong_type(bundle_copy):

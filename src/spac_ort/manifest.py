@@ -140,6 +140,7 @@ class Manifest:
     producer: str
     graphs: naming.Graphs = naming.Graphs.PORTABLE
     rope_theta: float = 10000.0       # rotary base: fused graphs take their tables from the runtime
+    head_quant: str = "none"          # "int8": the final graph's lm_head is 8-bit
     schema_version: int = SCHEMA_VERSION
     kind: str = MANIFEST_KIND
     draft: Optional[DraftSpec] = field(default=None)
@@ -225,6 +226,7 @@ def parse_manifest(data: Any, path: Path) -> Manifest:
         opset=r.get("opset", int), io=_io(r.sub("io")), files=files, experts=experts,
         bos_token_id=r.get("bos_token_id", int, optional=True), eos_token_ids=tuple(eos),
         tokenizer=tokenizer, producer=r.get("producer", str), graphs=graphs, rope_theta=checks.rope_theta(r),
+        head_quant=checks.head_quant(r),
         schema_version=version, draft=_draft(r, files),
     )
 

@@ -79,6 +79,13 @@ def rope_theta(r: Reader) -> float:
     return theta
 
 
+def head_quant(r: Reader) -> str:
+    value = r.get("head_quant", str)
+    if value not in ("none", "int8"):
+        raise r.fail("head_quant", f"is '{value}', not one of none, int8")
+    return value
+
+
 def required_graphs(layer_kinds: Iterable[Any], shared_expert: bool,
                     graphs: naming.Graphs = naming.Graphs.PORTABLE) -> list[str]:
     """The non-expert graphs the runtime opens, by their fixed names."""

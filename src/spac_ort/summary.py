@@ -27,6 +27,13 @@ def _routing(m: Manifest) -> str:
     return ", ".join(parts)
 
 
+def _graphs(m: Manifest) -> str:
+    if m.graphs.value == "portable":
+        return "portable (standard ONNX operators)"
+    head = ", 8-bit lm_head" if m.head_quant == "int8" else ""
+    return f"fused (ONNX Runtime's attention, norm and MoE operators, KV cache in place{head})"
+
+
 def _folder(path: str) -> str:
     return path.rsplit("/", 1)[0] + "/" if "/" in path else path
 
@@ -42,6 +49,7 @@ def summarize(bundle: Path, m: Manifest) -> str:
         f"bundle      {bundle}",
         f"model       {m.family.value} (from {m.source_model_type}), {m.dtype.value}, opset {m.opset}, {m.producer}",
         f"layers      {d.num_layers} ({len(moe)} MoE, {d.num_layers - len(moe)} dense)",
+        f"graphs      {_graphs(m)}",
         f"attention   hidden {d.hidden_size}, {d.num_heads} query / {d.num_kv_heads} KV heads x {d.head_dim}, "
         f"cache {d.cache_heads} x ({d.cache_key_dim} + {d.cache_value_dim}) per position, max positions {d.max_positions}",
         f"experts     {d.num_experts} per layer, top-{d.top_k}, intermediate {d.expert_intermediate}, "
@@ -51,7 +59,8 @@ def summarize(bundle: Path, m: Manifest) -> str:
         lines.append(f"shared      one gated shared expert per MoE layer, intermediate {d.shared_expert_intermediate}")
     lines += [
         f"expert size {_size(m.experts.data_size)} each, {n_experts} in all = {_size(expert_bytes)}",
-        f"other files {_size(other)} (embed, attention, routers, head, tokenizer)",
+        f"other files {_size(other)} (embed, {'layers, final' if m.graphs.value == 'fused' else 'attention, routers, head'}"
+        ", tokenizer)",
         f"vocab       {d.vocab_size}, eos {list(m.eos_token_ids)}, tokenizer {m.tokenizer or 'none'}",
         (f"draft       {m.draft.graph} ({m.draft.model_type}, {m.draft.num_layers} layer{'s' if m.draft.num_layers != 1 else ''}, "
          f"{_size(draft_bytes)})" if m.draft else "draft       none"),

@@ -35,12 +35,15 @@ def main() -> None:
               help="fused: ONNX Runtime's fused attention and norm operators with the KV cache updated in place "
                    "(CPU and CUDA providers); portable: standard operators only, for providers without "
                    "ONNX Runtime's contrib operators (NNAPI, CoreML, QNN). auto: fused where the family has them.")
+@click.option("--head-quant", type=click.Choice(["none", "int8"]), default="none", show_default=True,
+              help="int8: the lm_head as 8-bit weights (ONNX Runtime's MatMulNBits, fused graphs only): about 4x "
+                   "less to read per token; greedy output can differ from fp32's.")
 @click.option("--skip-model-check", is_flag=True,
               help="Skip the whole-model parity check against transformers (pieces are still checked).")
 @click.option("-v", "--verbose", count=True)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars or summary.")
 def export_cmd(model_dir: Optional[Path], out: Path, draft_dir: Optional[Path], force: bool, graphs: str,
-               skip_model_check: bool, verbose: int, quiet: bool) -> None:
+               head_quant: str, skip_model_check: bool, verbose: int, quiet: bool) -> None:
     """Export MODEL_DIR (default: the embedded demo model) into the bundle -o BUNDLE_DIR.
 
     Supported: qwen3_moe, qwen2_moe, mixtral, olmoe, deepseek_v2, deepseek_v3. Also: `spac-export inspect BUNDLE_DIR`.
@@ -62,7 +65,8 @@ def export_cmd(model_dir: Optional[Path], out: Path, draft_dir: Optional[Path], 
         progress = Progress(enabled=not quiet)
         try:
             result = export_bundle(ExportOptions(model_dir, out, force=force, check_model=not skip_model_check,
-                                                 draft_dir=draft_dir, graphs=graphs), progress)
+                                                 draft_dir=draft_dir, graphs=graphs,
+                                                 head_quant=head_quant), progress)
         finally:
             progress.close()
         if not quiet:

@@ -37,11 +37,11 @@ F, I32, I64 = TensorProto.FLOAT, TensorProto.INT32, TensorProto.INT64
 
 def check_supported(dims: ModelDims, routing: Routing, mla: bool) -> None:
     """Raise `UnsupportedModelError` when the model has no fused graphs."""
+    if mla:
+        raise UnsupportedModelError("latent attention (DeepSeek) has no fused graphs; export with --graphs portable")
     if dims.head_dim % 16:
         raise UnsupportedModelError(f"fused attention needs a head size that is a multiple of 16 (this model's is "
                                     f"{dims.head_dim}); export with --graphs portable")
-    if mla:
-        raise UnsupportedModelError("latent attention (DeepSeek) has no fused graphs; export with --graphs portable")
     if routing.scoring is not Scoring.SOFTMAX or routing.topk_method is not TopkMethod.GREEDY:
         raise UnsupportedModelError("this family's routing (sigmoid or group-limited) has no fused router; "
                                     "export with --graphs portable")
@@ -63,14 +63,14 @@ class _Graph:
         self.consts.append(helper.make_tensor(name, dtype, [] if scalar else [len(values)], values))
         return name
 
-    def weight(self, name: str, arr) -> str:
-        self.weights[name] = np.ascontiguousarray(np.asarray(arr, dtype=np.float32))
+    def weight(self, name: str, arr, dtype=np.float32) -> str:
+        self.weights[name] = np.ascontiguousarray(np.asarray(arr, dtype=dtype))
         return name
 
     def template(self, kind: PieceKind, name: str, inputs: list, outputs: list) -> tuple[Template, dict]:
         inits = list(self.consts)
         for n, arr in self.weights.items():
-            t = TensorProto(name=n, data_type=F)
+            t = TensorProto(name=n, data_type=helper.np_dtype_to_tensor_dtype(arr.dtype))
             t.dims.extend(arr.shape)
             inits.append(t)
         graph = helper.make_graph(self.nodes, name, inputs, outputs, initializer=inits)
@@ -175,14 +175,41 @@ def layer_graph(d: ModelDims, spec: AttentionSpec, routing: Routing, w: Attentio
     return g.template(kind, kind.value, inputs, outputs)
 
 
-def final_graph(d: ModelDims, eps: float, norm, lm_head) -> tuple[Template, dict]:
-    """Residual of the last layer, final norm and lm_head over the rows asked for."""
+HEAD_QUANT = ("none", "int8")
+INT8_BLOCK = 32
+
+
+def int8_blocks(w: np.ndarray, block: int = INT8_BLOCK) -> tuple[np.ndarray, np.ndarray]:
+    """A [K, N] weight as MatMulNBits takes 8-bit weights: per column, blocks of ``block``
+    rows, symmetric (the default zero point 128): (uint8 [N, K/block, block], scales [N * K/block])."""
+    k, n = w.shape
+    blocks = np.ascontiguousarray(w.T).reshape(n, k // block, block)
+    scale = np.abs(blocks).max(axis=-1) / 127.0
+    scale[scale == 0] = 1.0
+    q = np.clip(np.rint(blocks / scale[..., None]), -127, 127) + 128
+    return q.astype(np.uint8), scale.astype(np.float32).reshape(-1)
+
+
+def final_graph(d: ModelDims, eps: float, norm, lm_head, head_quant: str = "none") -> tuple[Template, dict]:
+    """Residual of the last layer, final norm and lm_head over the rows asked for;
+    ``head_quant="int8"``: lm_head as 8-bit MatMulNBits (activations quantized too,
+    accuracy level 4: the fast CPU kernel)."""
     g = _Graph()
     g.node("Gather", [naming.HIDDEN, naming.LOGIT_ROWS], ["h_rows"], axis=1)
     g.node("Gather", [naming.FFN_IN, naming.LOGIT_ROWS], ["f_rows"], axis=1)
     g.node("SkipSimplifiedLayerNormalization", ["f_rows", "h_rows", g.weight("w_norm", norm)], ["x"], MS,
            epsilon=eps)
-    g.node("MatMul", ["x", g.weight("w_lm_head", _t(lm_head))], [naming.LOGITS])
+    w = _t(lm_head)
+    if head_quant == "int8" and d.hidden_size % INT8_BLOCK == 0:
+        q, scales = int8_blocks(w)
+        g.node("MatMulNBits", ["x", g.weight("w_lm_head_q", q, np.uint8), g.weight("w_lm_head_scales", scales)],
+               [naming.LOGITS], MS, K=d.hidden_size, N=d.vocab_size, bits=8, block_size=INT8_BLOCK,
+               accuracy_level=4)
+    elif head_quant == "int8":
+        raise UnsupportedModelError(f"an 8-bit head needs a hidden size that is a multiple of {INT8_BLOCK} "
+                                    f"(this model's is {d.hidden_size}); export without --head-quant")
+    else:
+        g.node("MatMul", ["x", g.weight("w_lm_head", w)], [naming.LOGITS])
     h = d.hidden_size
     return g.template(PieceKind.FINAL, "final",
                       [_vi(naming.HIDDEN, F, [1, "T", h]), _vi(naming.FFN_IN, F, [1, "T", h]),

@@ -21,6 +21,9 @@ from ..naming import PieceKind
 from ..runtime.rope import rope_tables
 
 
+INT8_RTOL = 5e-2     # an 8-bit head (weights and activations) against the fp32 one
+
+
 def layer_case(d: ModelDims, theta: float, t: int, past: int, seed: int) -> tuple[dict, dict]:
     """(graph inputs, torch inputs) for a layer graph: ``past`` cached positions, ``t`` new."""
     g = torch.Generator().manual_seed(seed)

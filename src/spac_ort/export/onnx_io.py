@@ -77,7 +77,7 @@ def write(template: Template, weights: dict[str, np.ndarray], graph_path: Path, 
         for init in model.graph.initializer:
             if init.name not in template.weight_names:
                 continue
-            arr = np.ascontiguousarray(weights[init.name], dtype=np.float32)
+            arr = np.ascontiguousarray(weights[init.name])
             if tuple(arr.shape) != tuple(init.dims):
                 raise SpacError(f"internal export error: {rel} weight {init.name} has shape "
                                 f"{arr.shape}, graph expects {tuple(init.dims)}")

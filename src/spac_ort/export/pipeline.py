@@ -25,7 +25,7 @@ from .. import __version__, naming
 from ..errors import ConfigError, UnsupportedModelError
 from ..manifest import DType, FileEntry, Manifest, sha256_file
 from ..naming import Graphs
-from . import fused
+from . import fused, fused_check
 from .adapters import adapter_for
 from .adapters.base import Adapter
 from .checkpoint import WeightStore, read_config
@@ -34,7 +34,7 @@ from .install import check_target, install, make_temp_dir, open_modes, remove_st
 from .interrupt import DeferredInterrupt
 from .onnx_io import OPSET
 from .pieces import PieceWriter
-from .verify import check_model
+from .verify import MODEL_RTOL, check_model
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str, int, int], None]
@@ -48,6 +48,7 @@ class ExportOptions:
     check_model: bool = True
     draft_dir: Optional[Path] = None
     graphs: str = "auto"      # "fused", "portable", or "auto": fused where the family has them
+    head_quant: str = "none"  # "int8": lm_head as 8-bit MatMulNBits (fused graphs only)
 
 
 @dataclass(frozen=True)
@@ -102,7 +103,11 @@ def export_bundle(opts: ExportOptions, progress: Optional[Progress] = None) -> E
     model_dir, out = Path(opts.model_dir), Path(opts.out_dir).absolute()
     cfg = read_config(model_dir)
     adapter = adapter_for(cfg, WeightStore(model_dir))
-    graph_variant(opts.graphs, adapter)            # fail early on graphs the family lacks
+    if opts.head_quant not in fused.HEAD_QUANT:
+        raise ConfigError(f"unknown head quantization '{opts.head_quant}'; use one of {', '.join(fused.HEAD_QUANT)}")
+    if graph_variant(opts.graphs, adapter) is not Graphs.FUSED and opts.head_quant != "none":
+        raise ConfigError("an 8-bit head needs fused graphs (MatMulNBits is an ONNX Runtime operator); "
+                          "export with --graphs fused or without --head-quant")
     if opts.draft_dir is not None:
         read_config(Path(opts.draft_dir))          # fail early on a missing draft directory
     check_target(out, opts.force)
@@ -116,7 +121,7 @@ def _export(opts: ExportOptions, adapter, model_dir: Path, out: Path, progress: 
     spec = adapter.spec
     tmp = make_temp_dir(out)
     try:
-        writer = PieceWriter(tmp, adapter, progress, interrupt.check)
+        writer = PieceWriter(tmp, adapter, progress, interrupt.check, head_quant=opts.head_quant)
         graphs = graph_variant(opts.graphs, adapter)
         io, experts = writer.write_all(graphs)
         tokenizer = None
@@ -142,7 +147,7 @@ def _export(opts: ExportOptions, adapter, model_dir: Path, out: Path, progress: 
             layer_kinds=spec.layer_kinds, dtype=DType.FLOAT32, opset=OPSET, io=io, files=dict(writer.files),
             experts=experts, bos_token_id=spec.bos_token_id, eos_token_ids=_eos_ids(model_dir, spec.eos_token_ids),
             tokenizer=tokenizer, producer=f"spac-ort {__version__}", draft=draft, graphs=graphs,
-            rope_theta=spec.attention.rope_theta,
+            rope_theta=spec.attention.rope_theta, head_quant=opts.head_quant,
         )
         (tmp / naming.MANIFEST).write_text(manifest.to_json(), encoding="utf-8")
         model_error = 0.0
@@ -150,7 +155,8 @@ def _export(opts: ExportOptions, adapter, model_dir: Path, out: Path, progress: 
         if opts.check_model:
             if progress:
                 progress("model parity", 0, 1)
-            model_error = check_model(tmp, model_dir, adapter)
+            model_error = check_model(tmp, model_dir, adapter, tolerance=fused_check.INT8_RTOL
+                                      if opts.head_quant == "int8" else MODEL_RTOL)
             if progress:
                 progress("model parity", 1, 1)
         open_modes(tmp)
