@@ -26,7 +26,6 @@ those pairs. Prints a markdown table and writes JSON (``--out``).
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import math
 import os
@@ -149,17 +148,11 @@ class Transformers:
 
 # ---- spac-run -----------------------------------------------------------------------------
 class SpacRun:
-    """One Generator per thread count; None where this spac-ort cannot set its threads."""
+    """One Generator per thread count."""
 
     def __init__(self, bundle: Path, threads: list[int]):
         self.bundle = bundle
-        self.threaded = "threads" in inspect.signature(Generator.from_bundle).parameters
-        self.gens = {n: self._load(n) for n in threads}
-
-    def _load(self, threads: int) -> Optional[Generator]:
-        if self.threaded:
-            return Generator.from_bundle(self.bundle, threads=threads)
-        return Generator.from_bundle(self.bundle) if threads == 1 else None   # its sessions run one thread
+        self.gens = {n: Generator.from_bundle(bundle, threads=n) for n in threads}
 
     def run(self, prompt: str, threads: int, new_tokens: int, k: int) -> dict:
         gen = self.gens[threads]
@@ -197,10 +190,9 @@ def cases(prompt: str, threads: int, args: argparse.Namespace, llama: LlamaCpp, 
         (LLAMA, PLAIN, lambda: llama.plain(prompt, threads, n)),
         (LLAMA, SPECULATIVE, lambda: llama.speculative(prompt, threads, n, k)),
         (HF, PLAIN, lambda: hf.plain(prompt, threads, n)),
+        (SPAC, PLAIN, lambda: spac.run(prompt, threads, n, 0)),
+        (SPAC, SPECULATIVE, lambda: spac.run(prompt, threads, n, k)),
     ]
-    if spac.gens[threads] is not None:
-        out += [(SPAC, PLAIN, lambda: spac.run(prompt, threads, n, 0)),
-                (SPAC, SPECULATIVE, lambda: spac.run(prompt, threads, n, k))]
     return out
 
 
@@ -312,15 +304,15 @@ def main() -> None:
     rows = summarise(runs, args.threads)
     print(f"\n{len(prompts)} prompts x {args.new_tokens} new tokens, {args.repeats} repeats; llama.cpp "
           f"{llama.version()}; 1-min load average {load[0]:.1f} before, {load[1]:.1f} after (this run included)")
-    if not spac.threaded:
-        print("spac-run: this spac-ort has no threads option, so it ran at 1 thread only")
+    graphs = json.loads((bundle / "spac-manifest.json").read_text()).get("graphs", "portable")
+    print(f"spac-run: {bundle} ({graphs} graphs)")
     text = render(rows, args.draft_tokens) + (
         f"\n\nllama.cpp: llama-completion per prompt (plain), llama-speculative-simple per prompt (speculative); "
         f"llama-bench: tg{args.new_tokens} from an empty context. Medians; the ratio is paired per prompt and repeat.")
     print(text)
     result = {"machine": machine(), "load_average": load,
               "llama_cpp": {"build": str(llama.build), "version": llama.version()},
-              "bundle": str(bundle), "export_options": options, "spac_threads_option": spac.threaded,
+              "bundle": str(bundle), "bundle_graphs": graphs, "export_options": options,
               "prompts": [p["id"] for p in prompts], "new_tokens": args.new_tokens, "repeats": args.repeats,
               "threads": args.threads, "draft_tokens": args.draft_tokens, "summary": rows, "runs": runs,
               "table": text}

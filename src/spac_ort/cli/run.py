@@ -82,6 +82,8 @@ class DraftTokens(click.ParamType):
               help="With --policy: write the last verify (or decode) step's plan graph with its critical path "
                    "(.json or .dot).")
 @click.option("--verify", is_flag=True, help="Check every bundle file's sha256 before loading.")
+@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Intra-op threads of each ONNX Runtime session.")
 @click.option("--json", "as_json", is_flag=True,
               help="Print one JSON object (prompt/generated token ids, text, report) instead of streaming.")
 @click.option("-v", "--verbose", count=True, help="More messages on stderr (-vv: debug).")
@@ -93,7 +95,7 @@ def main(bundle: Path, prompt: Optional[str], prompt_file: Optional[Path], max_n
          fast_budget: Optional[str], ram_budget: Optional[str], fast_provider: str, utility: str,
          overlap: str,
          profile_path: Optional[Path], calibrate_out: Optional[Path], plan_out: Optional[Path], verify: bool,
-         as_json: bool,
+         threads: int, as_json: bool,
          verbose: int, quiet: bool) -> None:
     """Generate text from BUNDLE (written by spac-export). Text streams to stdout, the
     report goes to stderr."""
@@ -115,7 +117,7 @@ def main(bundle: Path, prompt: Optional[str], prompt_file: Optional[Path], max_n
         gen = _load(bundle, verify=verify, draft=draft_dir, progress=not quiet and not as_json, policy=policy,
                     fast_budget=fast_budget, ram_budget=ram_budget, profile_path=profile_path,
                     fast_provider=fast_provider, experts=experts_backend, utility=utility,
-                    overlap=None if overlap == "auto" else overlap == "on")
+                    overlap=None if overlap == "auto" else overlap == "on", threads=threads)
         with gen:
             ids = gen.encode(text)
             tokens = gen.generate(ids, max_new_tokens=max_new_tokens, sampling=sampling, draft_tokens=draft_tokens,

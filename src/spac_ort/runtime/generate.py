@@ -29,7 +29,7 @@ from .draft_control import DraftControlConfig, DraftController, FixedDraft
 from .loading import load
 from .sampling import SamplingConfig, select
 from .sensor import RoutingRecorder, StepObserver, StepRecord
-from .sessions import CPU, ORT_ERRORS
+from .sessions import CPU, ORT_ERRORS, session_threads
 from .spac.policies import Policy
 from .speculative import Window, speculative_step
 from .stats import RunReport
@@ -73,7 +73,7 @@ class Generator:
     @classmethod
     def from_bundle(cls, path: Union[str, Path], *, verify: bool = False, draft: Optional[Union[str, Path]] = None,
                     providers: Sequence[str] = (CPU,), experts: str = "auto", tiers: Optional[TierConfig] = None,
-                    progress: Optional[Progress] = None) -> "Generator":
+                    progress: Optional[Progress] = None, threads: int = 1) -> "Generator":
         """Load and validate a bundle. ``verify`` also checks every file's sha256.
         ``draft`` names an optimum ONNX export directory to use instead of the bundle's draft.
 
@@ -82,9 +82,11 @@ class Generator:
         operators, ``"sessions"`` one session per expert; ``"auto"``: moe for bundles with
         fused graphs, else grouped. With
         a `TierConfig` a placement policy puts experts on a fast tier under a budget, the
-        CPU, and the bundle's files (see `TierConfig`)."""
-        parts = load(path, verify=verify, draft=draft, providers=providers, experts=experts, tiers=tiers,
-                     progress=progress)
+        CPU, and the bundle's files (see `TierConfig`). ``threads``: intra-op threads of
+        every ONNX Runtime session the generator builds."""
+        with session_threads(threads):
+            parts = load(path, verify=verify, draft=draft, providers=providers, experts=experts, tiers=tiers,
+                         progress=progress)
         return cls(parts.bundle, parts.manifest, parts.backbone, parts.tokenizer, parts.draft, parts.policy)
 
     def close(self) -> None:
