@@ -43,10 +43,18 @@ def test_demo_all_prompts_token_identical(demo_bundle):
 
 
 @pytest.mark.refmodel
-def test_refmodel_prompts_token_identical(ref_bundle, refmodel):
+@pytest.mark.parametrize("graphs", ["fused", "portable"])
+def test_refmodel_prompts_token_identical(ref_bundle, refmodel, graphs, tmp_path):
     prompts = spread(load_prompts(), per_domain=2)
     assert len({p["domain"] for p in prompts}) == 8 and len(prompts) == 16
-    gen = Generator.from_bundle(ref_bundle)
+    bundle = ref_bundle
+    if graphs == "portable":
+        from spac_ort.export import ExportOptions, export_bundle
+
+        bundle = export_bundle(ExportOptions(refmodel / "target", tmp_path / "portable", graphs="portable",
+                                             check_model=False)).bundle
+    assert Generator.from_bundle(bundle).manifest.graphs.value == graphs
+    gen = Generator.from_bundle(bundle)
     model = _hf(refmodel / "target")
     for p in prompts:
         ids = gen.encode(p["prompt"])

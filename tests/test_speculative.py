@@ -124,8 +124,14 @@ def test_report_and_cli_options(demo_bundle):
 
 
 def test_external_optimum_draft_directory(demo_bundle, tmp_path):
+    """A portable export's draft is optimum's; it drives the fused demo bundle from outside."""
+    from spac_ort.export import ExportOptions, export_bundle
+    from spac_ort.models import DEMO_DRAFT, DEMO_TARGET
+
+    export_bundle(ExportOptions(DEMO_TARGET, tmp_path / "portable", graphs="portable", draft_dir=DEMO_DRAFT,
+                                check_model=False))
     external = tmp_path / "optimum-draft"
-    shutil.copytree(demo_bundle / "draft", external)
+    shutil.copytree(tmp_path / "portable" / "draft", external)
     gen = Generator.from_bundle(demo_bundle, draft=external)
     plain = list(gen.generate("def add(a, b):", max_new_tokens=24, speculative=False))
     assert list(gen.generate("def add(a, b):", max_new_tokens=24, draft_tokens=4)) == plain

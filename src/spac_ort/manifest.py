@@ -111,7 +111,8 @@ class ExpertTable:
 
 @dataclass(frozen=True)
 class DraftSpec:
-    """The dense draft model: one decoder graph with KV cache (optimum's IO convention)."""
+    """The dense draft model: one decoder graph with KV cache, fused (one graph on ONNX
+    Runtime's operators, cache in place) or portable (optimum's IO convention)."""
 
     graph: str             # bundle-relative path of the graph
     num_layers: int
@@ -120,6 +121,9 @@ class DraftSpec:
     vocab_size: int
     max_positions: int
     model_type: str
+    graphs: naming.Graphs = naming.Graphs.PORTABLE
+    rope_theta: float = 10000.0
+    head_quant: str = "none"
 
 
 @dataclass(frozen=True)
@@ -188,13 +192,6 @@ def _plain(obj: Any) -> Any:
 
 
 # ---- loading and validation ------------------------------------------------------------
-
-def _sha_table(r: Reader, key: str) -> tuple[tuple[str, ...], ...]:
-    rows = r.get(key, list)
-    if not all(isinstance(row, list) and all(isinstance(s, str) for s in row) for row in rows):
-        raise r.fail(key, "must be a list of lists of sha256 strings")
-    return tuple(tuple(row) for row in rows)
-
 
 def parse_manifest(data: Any, path: Path) -> Manifest:
     """Validate the manifest's JSON; `ManifestError` names the first bad field."""
@@ -275,7 +272,7 @@ def _files(r: Reader) -> dict[str, FileEntry]:
 
 def _experts(er: Reader, dims: ModelDims, kinds: tuple[LayerKind, ...]) -> ExpertTable:
     experts = ExpertTable(er.get("template", str), er.get("graph_size", int), er.get("data_size", int),
-                          _sha_table(er, "graph_sha256"), _sha_table(er, "data_sha256"))
+                          checks.sha_table(er, "graph_sha256"), checks.sha_table(er, "data_sha256"))
     checks.check_template(er, experts.template, dims.num_layers, dims.num_experts)
     for key in ("graph_size", "data_size"):
         if getattr(experts, key) < 1:
@@ -294,7 +291,9 @@ def _draft(r: Reader, files: dict[str, FileEntry]) -> Optional[DraftSpec]:
     dr = r.sub("draft")
     spec = DraftSpec(graph=dr.get("graph", str), model_type=dr.get("model_type", str),
                      **{k: dr.get(k, int) for k in ("num_layers", "num_kv_heads", "head_dim", "vocab_size",
-                                                     "max_positions")})
+                                                     "max_positions")},
+                     graphs=dr.enum("graphs", naming.Graphs), rope_theta=checks.rope_theta(dr),
+                     head_quant=checks.head_quant(dr))
     checks.check_path(dr, "graph", spec.graph)
     checks.check_listed(dr, "graph", spec.graph, files)
     return spec

@@ -72,6 +72,13 @@ def check_listed(r: Reader, key: str, rel: Optional[str], files: dict) -> None:
         raise r.fail(key, f"names {rel}, which is not listed in 'files'")
 
 
+def sha_table(r: Reader, key: str) -> tuple[tuple[str, ...], ...]:
+    rows = r.get(key, list)
+    if not all(isinstance(row, list) and all(isinstance(s, str) for s in row) for row in rows):
+        raise r.fail(key, "must be a list of lists of sha256 strings")
+    return tuple(tuple(row) for row in rows)
+
+
 def rope_theta(r: Reader) -> float:
     theta = float(r.get("rope_theta", (int, float)))
     if not (math.isfinite(theta) and theta > 1.0):

@@ -129,6 +129,12 @@ DRAFT_GRAPH = "draft/model.onnx"
 DRAFT_ATTENTION_MASK = "attention_mask"      # [1, P+T] int64
 
 
+def fused_draft_cache(layer: int, name: str) -> str:
+    """KV input/output of a fused draft graph: ``past_key.N`` ... ``present_value.N``
+    (``name`` one of PAST_KEY, PAST_VALUE, PRESENT_KEY, PRESENT_VALUE)."""
+    return f"{name}.{layer}"
+
+
 def draft_past(layer: int, which: str) -> str:
     """Draft KV input name; ``which`` is "key" or "value"."""
     return f"past_key_values.{layer}.{which}"

@@ -18,8 +18,13 @@ import torch
 from .. import naming
 from ..errors import CheckpointError, ParityError, UnsupportedModelError
 from ..manifest import DraftSpec, FileEntry, sha256_file
-from ..runtime.draft import DraftModel
-from .checkpoint import read_config
+from ..naming import Graphs
+from ..runtime.draft import DraftModel, DraftShape
+from ..runtime.fused_draft import FusedDraft
+from .checkpoint import WeightStore, read_config
+from .config import rope_theta
+from .fused_check import INT8_RTOL
+from .fused_draft import draft_spec, write_draft_graph
 
 log = logging.getLogger(__name__)
 DRAFT_RTOL = 1e-3
@@ -47,10 +52,38 @@ def check_same_tokenizer(target_dir: Path, draft_dir: Path, target_vocab: int) -
                                         "with the target's tokenizer")
 
 
-def export_draft(draft_dir: Path, bundle: Path, target_dir: Path, target_vocab: int) -> tuple[DraftSpec, dict[str, FileEntry]]:
-    """Write ``bundle/draft/`` and return its manifest entry and file entries."""
+def export_draft(draft_dir: Path, bundle: Path, target_dir: Path, target_vocab: int, fused: bool = False,
+                 head_quant: str = "int8") -> tuple[DraftSpec, dict[str, FileEntry]]:
+    """Write ``bundle/draft/`` and return its manifest entry and file entries: one fused
+    graph (``fused``, where the draft is a dense decoder the builder knows; its lm_head
+    8-bit unless ``head_quant`` is "none"), else optimum's export."""
     check_same_tokenizer(target_dir, draft_dir, target_vocab)
     cfg = read_config(draft_dir)
+    out = bundle / naming.DRAFT_DIR
+    out.mkdir()
+    weights = WeightStore(draft_dir)
+    spec = draft_spec(cfg, weights) if fused else None
+    if spec is None:
+        files = _optimum_export(draft_dir, bundle, out)
+        model = DraftModel(bundle / naming.DRAFT_GRAPH)
+        shape, graphs, head_quant = model.shape, Graphs.PORTABLE, "none"
+    else:
+        written = write_draft_graph(spec, weights, bundle / naming.DRAFT_GRAPH, head_quant)
+        files = {naming.DRAFT_GRAPH: written.graph, naming.data_path(naming.DRAFT_GRAPH): written.data}
+        d = spec.dims
+        shape, graphs = DraftShape(d.num_layers, d.num_kv_heads, d.head_dim, d.vocab_size), Graphs.FUSED
+    entry = DraftSpec(graph=naming.DRAFT_GRAPH, num_layers=shape.num_layers, num_kv_heads=shape.num_kv_heads,
+                      head_dim=shape.head_dim, vocab_size=int(cfg["vocab_size"]),
+                      max_positions=int(cfg.get("max_position_embeddings", 1 << 30)),
+                      model_type=str(cfg.get("model_type")), graphs=graphs, rope_theta=rope_theta(cfg),
+                      head_quant=head_quant)
+    if spec is not None:
+        model = FusedDraft(bundle / naming.DRAFT_GRAPH, entry)
+    check_draft(model, draft_dir, entry.vocab_size, tolerance=INT8_RTOL if head_quant == "int8" else DRAFT_RTOL)
+    return entry, files
+
+
+def _optimum_export(draft_dir: Path, bundle: Path, out: Path) -> dict[str, FileEntry]:
     from optimum.exporters.onnx import main_export
     from transformers.utils import logging as hf_logging
 
@@ -65,8 +98,6 @@ def export_draft(draft_dir: Path, bundle: Path, target_dir: Path, target_vocab: 
         except (ValueError, KeyError) as exc:
             raise UnsupportedModelError(f"optimum cannot export the draft in {draft_dir} ({exc}); "
                                         "use a dense decoder model optimum supports") from None
-    out = bundle / naming.DRAFT_DIR
-    out.mkdir()
     files: dict[str, FileEntry] = {}
     for f in sorted(work.iterdir()):
         if f.suffix in (".onnx", ".data") or f.name.endswith(".onnx_data"):
@@ -76,16 +107,11 @@ def export_draft(draft_dir: Path, bundle: Path, target_dir: Path, target_vocab: 
     shutil.rmtree(work)
     if naming.DRAFT_GRAPH not in files:
         raise UnsupportedModelError(f"optimum did not write model.onnx for the draft in {draft_dir}")
-    model = DraftModel(bundle / naming.DRAFT_GRAPH)
-    spec = DraftSpec(graph=naming.DRAFT_GRAPH, num_layers=model.shape.num_layers,
-                     num_kv_heads=model.shape.num_kv_heads, head_dim=model.shape.head_dim,
-                     vocab_size=int(cfg["vocab_size"]), max_positions=int(cfg.get("max_position_embeddings", 1 << 30)),
-                     model_type=str(cfg.get("model_type")))
-    check_draft(model, draft_dir, spec.vocab_size)
-    return spec, files
+    return files
 
 
-def check_draft(model: DraftModel, draft_dir: Path, vocab: int, prompt_len: int = 10, decode: int = 3) -> float:
+def check_draft(model, draft_dir: Path, vocab: int, prompt_len: int = 10, decode: int = 3,
+                tolerance: float = DRAFT_RTOL) -> float:
     """Prefill then decode with the KV cache; compare logits with transformers."""
     from transformers import AutoModelForCausalLM
 
@@ -101,7 +127,7 @@ def check_draft(model: DraftModel, draft_dir: Path, vocab: int, prompt_len: int 
         got.append(model.forward([tok], cache))
     ours = np.stack(got)                                     # positions prompt_len-1 .. end
     err = float(np.abs(ours - ref[prompt_len - 1:]).max()) / max(1.0, float(np.abs(ref).max()))
-    if not err <= DRAFT_RTOL:
+    if not err <= tolerance:
         raise ParityError(f"the exported draft's logits differ from transformers by {err:.2e} "
-                          f"(tolerance {DRAFT_RTOL:.0e}); report this draft model")
+                          f"(tolerance {tolerance:.0e}); report this draft model")
     return err

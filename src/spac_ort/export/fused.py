@@ -47,27 +47,43 @@ def check_supported(dims: ModelDims, routing: Routing, mla: bool) -> None:
                                     "export with --graphs portable")
 
 
+SHARED = frozenset({"", naming.SEQLENS_K, naming.TOTAL_LENGTH, naming.COS_CACHE, naming.SIN_CACHE})
+
+
 @dataclass
-class _Graph:
-    """Nodes, constants and weights of one graph under construction."""
+class GraphBuilder:
+    """Nodes, constants and weights of one graph under construction.
+
+    Builders use local names; in a ``scope`` (one layer of a whole-model graph) a name
+    becomes ``aliases[name]`` if aliased, stays as is if shared (`SHARED`), else gets the
+    scope as prefix. Methods return the local name.
+    """
 
     nodes: list = field(default_factory=list)
     consts: list = field(default_factory=list)
     weights: dict[str, np.ndarray] = field(default_factory=dict)
+    scope: str = ""
+    aliases: dict[str, str] = field(default_factory=dict)
+
+    def name(self, local: str) -> str:
+        if local in self.aliases:
+            return self.aliases[local]
+        return local if not self.scope or local in SHARED else self.scope + local
 
     def node(self, op: str, inputs: list[str], outputs: list[str], domain: str = "", **attrs) -> str:
-        self.nodes.append(helper.make_node(op, inputs, outputs, domain=domain or None, **attrs))
+        self.nodes.append(helper.make_node(op, [self.name(i) for i in inputs], [self.name(o) for o in outputs],
+                                           domain=domain or None, **attrs))
         return outputs[0]
 
     def const(self, name: str, values: list, dtype: int = I64, scalar: bool = False) -> str:
-        self.consts.append(helper.make_tensor(name, dtype, [] if scalar else [len(values)], values))
+        self.consts.append(helper.make_tensor(self.name(name), dtype, [] if scalar else [len(values)], values))
         return name
 
     def weight(self, name: str, arr, dtype=np.float32) -> str:
-        self.weights[name] = np.ascontiguousarray(np.asarray(arr, dtype=dtype))
+        self.weights[self.name(name)] = np.ascontiguousarray(np.asarray(arr, dtype=dtype))
         return name
 
-    def template(self, kind: PieceKind, name: str, inputs: list, outputs: list) -> tuple[Template, dict]:
+    def template(self, name: str, inputs: list, outputs: list) -> tuple[Template, dict]:
         inits = list(self.consts)
         for n, arr in self.weights.items():
             t = TensorProto(name=n, data_type=helper.np_dtype_to_tensor_dtype(arr.dtype))
@@ -79,21 +95,29 @@ class _Graph:
         return Template(model, tuple(self.weights)), dict(self.weights)
 
 
-def _t(w) -> np.ndarray:
+def as_in_out(w) -> np.ndarray:
     """A torch [out, in] weight as a numpy [in, out] matrix."""
     return w.detach().float().numpy().T
 
 
-def _vi(name: str, dtype: int, shape: list) -> onnx.ValueInfoProto:
+def value_info(name: str, dtype: int, shape: list) -> onnx.ValueInfoProto:
     return helper.make_tensor_value_info(name, dtype, shape)
 
 
-def _attention(g: _Graph, d: ModelDims, spec: AttentionSpec, w: AttentionWeights) -> None:
+def attention_nodes(g: GraphBuilder, d: ModelDims, spec: AttentionSpec, w: AttentionWeights,
+                    residual: bool = True) -> None:
+    """hidden (+ ffn_in with ``residual``) -> normed, hidden_out, present key/value."""
     eps = spec.rms_eps
     nh, kv, hd = d.num_heads, d.num_kv_heads, d.head_dim
-    g.node("SkipSimplifiedLayerNormalization", [naming.FFN_IN, naming.HIDDEN, g.weight("w_input_norm", w.input_norm)],
-           ["x", "", "", "h"], MS, epsilon=eps)
-    g.node("MatMul", ["x", g.weight("w_qkv", np.concatenate([_t(w.q), _t(w.k), _t(w.v)], axis=1))], ["qkv"])
+    if residual:
+        g.node("SkipSimplifiedLayerNormalization", [naming.FFN_IN, naming.HIDDEN,
+                                                    g.weight("w_input_norm", w.input_norm)], ["x", "", "", "h"], MS,
+               epsilon=eps)
+    else:
+        g.node("SimplifiedLayerNormalization", [naming.HIDDEN, g.weight("w_input_norm", w.input_norm)], ["x"],
+               axis=-1, epsilon=eps)
+        g.node("Identity", [naming.HIDDEN], ["h"])
+    g.node("MatMul", ["x", g.weight("w_qkv", np.concatenate([as_in_out(w.q), as_in_out(w.k), as_in_out(w.v)], axis=1))], ["qkv"])
     if w.q_bias is not None:
         bias = np.concatenate([b.detach().float().numpy() for b in (w.q_bias, w.k_bias, w.v_bias)])
         g.node("Add", ["qkv", g.weight("b_qkv", bias)], ["qkv_b"])
@@ -114,7 +138,7 @@ def _attention(g: _Graph, d: ModelDims, spec: AttentionSpec, w: AttentionWeights
                                    naming.COS_CACHE, naming.SIN_CACHE],
            ["attn", naming.PRESENT_KEY, naming.PRESENT_VALUE], MS, num_heads=nh, kv_num_heads=kv, do_rotary=1,
            local_window_size=spec.sliding_window or -1)   # keys attended, self included
-    g.node("MatMul", ["attn", g.weight("w_o", _t(w.o))], ["o"])
+    g.node("MatMul", ["attn", g.weight("w_o", as_in_out(w.o))], ["o"])
     if w.o_bias is not None:
         g.node("Add", ["o", g.weight("b_o", w.o_bias.detach().float().numpy())], ["o_b"])
     g.node("SkipSimplifiedLayerNormalization", ["o_b" if w.o_bias is not None else "o", "h",
@@ -122,7 +146,7 @@ def _attention(g: _Graph, d: ModelDims, spec: AttentionSpec, w: AttentionWeights
            [naming.NORMED, "", "", naming.HIDDEN_OUT], MS, epsilon=eps)
 
 
-def _head_norm(g: _Graph, z: str, heads: int, weight: tuple, eps: float) -> str:
+def _head_norm(g: GraphBuilder, z: str, heads: int, weight: tuple, eps: float) -> str:
     """RMSNorm over each head's dims (Qwen3's q/k norms)."""
     d = weight[1].shape[-1]
     g.node("Reshape", [z, g.const(f"{z}_heads", [1, -1, heads, d])], [f"{z}_h"])
@@ -130,9 +154,9 @@ def _head_norm(g: _Graph, z: str, heads: int, weight: tuple, eps: float) -> str:
     return g.node("Reshape", [f"{z}_hn", g.const(f"{z}_flat", [1, -1, heads * d])], [f"{z}_n"])
 
 
-def _router(g: _Graph, d: ModelDims, routing: Routing, weight) -> None:
+def _router(g: GraphBuilder, d: ModelDims, routing: Routing, weight) -> None:
     last = g.const("last_axis", [-1])
-    g.node("MatMul", [naming.NORMED, g.weight("w_router", _t(weight))], ["router_logits"])
+    g.node("MatMul", [naming.NORMED, g.weight("w_router", as_in_out(weight))], ["router_logits"])
     g.node("Softmax", ["router_logits"], ["probs"], axis=-1)
     steps = [("norm", routing.norm_topk_prob), ("scale", routing.routed_scaling_factor != 1.0)]
     final = [name for name, on in steps if on][-1:] or ["topk"]
@@ -156,23 +180,22 @@ def _router(g: _Graph, d: ModelDims, routing: Routing, weight) -> None:
 def layer_graph(d: ModelDims, spec: AttentionSpec, routing: Routing, w: AttentionWeights,
                 router: Optional[object]) -> tuple[Template, dict]:
     """A MoE layer (``router`` = the router weight [E, H]) or a dense layer (None)."""
-    g = _Graph()
-    _attention(g, d, spec, w)
+    g = GraphBuilder()
+    attention_nodes(g, d, spec, w)
     if router is not None:
         _router(g, d, routing, router)
     h, kv, hd = d.hidden_size, d.num_kv_heads, d.head_dim
-    inputs = [_vi(naming.HIDDEN, F, [1, "T", h]), _vi(naming.FFN_IN, F, [1, "T", h]),
-              _vi(naming.PAST_KEY, F, [1, kv, "M", hd]), _vi(naming.PAST_VALUE, F, [1, kv, "M", hd]),
-              _vi(naming.SEQLENS_K, I32, [1]), _vi(naming.TOTAL_LENGTH, I32, []),
-              _vi(naming.COS_CACHE, F, ["C", hd // 2]), _vi(naming.SIN_CACHE, F, ["C", hd // 2])]
-    outputs = [_vi(naming.HIDDEN_OUT, F, [1, "T", h]), _vi(naming.NORMED, F, [1, "T", h])]
+    inputs = [value_info(naming.HIDDEN, F, [1, "T", h]), value_info(naming.FFN_IN, F, [1, "T", h]),
+              value_info(naming.PAST_KEY, F, [1, kv, "M", hd]), value_info(naming.PAST_VALUE, F, [1, kv, "M", hd]),
+              value_info(naming.SEQLENS_K, I32, [1]), value_info(naming.TOTAL_LENGTH, I32, []),
+              value_info(naming.COS_CACHE, F, ["C", hd // 2]), value_info(naming.SIN_CACHE, F, ["C", hd // 2])]
+    outputs = [value_info(naming.HIDDEN_OUT, F, [1, "T", h]), value_info(naming.NORMED, F, [1, "T", h])]
     if router is not None:
         a = d.top_k
-        outputs += [_vi(naming.TOPK_WEIGHTS, F, [1, "T", a]), _vi(naming.TOPK_IDS, I64, [1, "T", a]),
-                    _vi(naming.EXPERT_LOGITS, F, [1, "T", d.num_experts]), _vi(naming.WEIGHT_SUM, F, [1, "T", 1])]
-    outputs += [_vi(naming.PRESENT_KEY, F, [1, kv, "M", hd]), _vi(naming.PRESENT_VALUE, F, [1, kv, "M", hd])]
-    kind = PieceKind.LAYER if router is not None else PieceKind.DENSE_LAYER
-    return g.template(kind, kind.value, inputs, outputs)
+        outputs += [value_info(naming.TOPK_WEIGHTS, F, [1, "T", a]), value_info(naming.TOPK_IDS, I64, [1, "T", a]),
+                    value_info(naming.EXPERT_LOGITS, F, [1, "T", d.num_experts]), value_info(naming.WEIGHT_SUM, F, [1, "T", 1])]
+    outputs += [value_info(naming.PRESENT_KEY, F, [1, kv, "M", hd]), value_info(naming.PRESENT_VALUE, F, [1, kv, "M", hd])]
+    return g.template((PieceKind.LAYER if router is not None else PieceKind.DENSE_LAYER).value, inputs, outputs)
 
 
 HEAD_QUANT = ("none", "int8")
@@ -194,12 +217,12 @@ def final_graph(d: ModelDims, eps: float, norm, lm_head, head_quant: str = "none
     """Residual of the last layer, final norm and lm_head over the rows asked for;
     ``head_quant="int8"``: lm_head as 8-bit MatMulNBits (activations quantized too,
     accuracy level 4: the fast CPU kernel)."""
-    g = _Graph()
+    g = GraphBuilder()
     g.node("Gather", [naming.HIDDEN, naming.LOGIT_ROWS], ["h_rows"], axis=1)
     g.node("Gather", [naming.FFN_IN, naming.LOGIT_ROWS], ["f_rows"], axis=1)
     g.node("SkipSimplifiedLayerNormalization", ["f_rows", "h_rows", g.weight("w_norm", norm)], ["x"], MS,
            epsilon=eps)
-    w = _t(lm_head)
+    w = as_in_out(lm_head)
     if head_quant == "int8" and d.hidden_size % INT8_BLOCK == 0:
         q, scales = int8_blocks(w)
         g.node("MatMulNBits", ["x", g.weight("w_lm_head_q", q, np.uint8), g.weight("w_lm_head_scales", scales)],
@@ -211,8 +234,8 @@ def final_graph(d: ModelDims, eps: float, norm, lm_head, head_quant: str = "none
     else:
         g.node("MatMul", ["x", g.weight("w_lm_head", w)], [naming.LOGITS])
     h = d.hidden_size
-    return g.template(PieceKind.FINAL, "final",
-                      [_vi(naming.HIDDEN, F, [1, "T", h]), _vi(naming.FFN_IN, F, [1, "T", h]),
-                       _vi(naming.LOGIT_ROWS, I64, ["N"])],
-                      [_vi(naming.LOGITS, F, [1, "N", d.vocab_size])])
+    return g.template("final",
+                      [value_info(naming.HIDDEN, F, [1, "T", h]), value_info(naming.FFN_IN, F, [1, "T", h]),
+                       value_info(naming.LOGIT_ROWS, I64, ["N"])],
+                      [value_info(naming.LOGITS, F, [1, "N", d.vocab_size])])
 

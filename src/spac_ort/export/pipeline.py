@@ -49,6 +49,7 @@ class ExportOptions:
     draft_dir: Optional[Path] = None
     graphs: str = "auto"      # "fused", "portable", or "auto": fused where the family has them
     head_quant: str = "none"  # "int8": lm_head as 8-bit MatMulNBits (fused graphs only)
+    draft_head_quant: str = "int8"   # the fused draft's lm_head (the draft never changes the output)
 
 
 @dataclass(frozen=True)
@@ -103,8 +104,9 @@ def export_bundle(opts: ExportOptions, progress: Optional[Progress] = None) -> E
     model_dir, out = Path(opts.model_dir), Path(opts.out_dir).absolute()
     cfg = read_config(model_dir)
     adapter = adapter_for(cfg, WeightStore(model_dir))
-    if opts.head_quant not in fused.HEAD_QUANT:
-        raise ConfigError(f"unknown head quantization '{opts.head_quant}'; use one of {', '.join(fused.HEAD_QUANT)}")
+    for value in (opts.head_quant, opts.draft_head_quant):
+        if value not in fused.HEAD_QUANT:
+            raise ConfigError(f"unknown head quantization '{value}'; use one of {', '.join(fused.HEAD_QUANT)}")
     if graph_variant(opts.graphs, adapter) is not Graphs.FUSED and opts.head_quant != "none":
         raise ConfigError("an 8-bit head needs fused graphs (MatMulNBits is an ONNX Runtime operator); "
                           "export with --graphs fused or without --head-quant")
@@ -138,7 +140,8 @@ def _export(opts: ExportOptions, adapter, model_dir: Path, out: Path, progress: 
             if progress:
                 progress("draft", 0, 1)
             interrupt.check()
-            draft, draft_files = export_draft(Path(opts.draft_dir), tmp, model_dir, spec.dims.vocab_size)
+            draft, draft_files = export_draft(Path(opts.draft_dir), tmp, model_dir, spec.dims.vocab_size,
+                                              fused=graphs is Graphs.FUSED, head_quant=opts.draft_head_quant)
             writer.files.update(draft_files)
             if progress:
                 progress("draft", 1, 1)

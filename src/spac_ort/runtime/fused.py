@@ -36,7 +36,7 @@ _CACHED_PLANS = 16      # windows up to this length keep their bindings
 _BUFFER_SETS = itertools.count(1)
 
 
-def _value(arr: np.ndarray):
+def ortvalue(arr: np.ndarray):
     """An OrtValue over ``arr``'s memory (the array must outlive it)."""
     return ort.OrtValue.ortvalue_from_numpy(arr)
 
@@ -66,8 +66,8 @@ class FusedKV:
         for new, old in zip(keys + values, self.keys + self.values):
             new[:, :, :self.length] = old[:, :, :self.length]
         self.keys, self.values, self.capacity = keys, values, cap
-        self.key_values = [_value(k) for k in keys]
-        self.value_values = [_value(v) for v in values]
+        self.key_values = [ortvalue(k) for k in keys]
+        self.value_values = [ortvalue(v) for v in values]
         self.generation = next(_BUFFER_SETS)
 
     def truncate(self, length: int) -> None:
@@ -91,7 +91,7 @@ class _Plan:
 
     def buffer(self, shape: tuple[int, ...], dtype=np.float32) -> tuple[np.ndarray, object]:
         arr = np.zeros(shape, dtype)
-        value = _value(arr)
+        value = ortvalue(arr)
         self.arrays.append(arr)
         self.values.append(value)
         return arr, value
@@ -123,10 +123,10 @@ class FusedBackbone:
                 self.dense[layer] = piece(naming.layer_piece(PieceKind.DENSE_MLP, layer), PieceKind.DENSE_MLP)
         d = manifest.dims
         cos, sin = rope_tables(manifest.rope_theta, d.head_dim, d.max_positions)
-        self._rope = (cos, sin, _value(cos), _value(sin))
+        self._rope = (cos, sin, ortvalue(cos), ortvalue(sin))
         self._seqlens = np.zeros(1, np.int32)
         self._total = np.zeros((), np.int32)
-        self._lengths = (_value(self._seqlens), _value(self._total))
+        self._lengths = (ortvalue(self._seqlens), ortvalue(self._total))
         self._plans: dict[tuple[int, bool], _Plan] = {}
         self._generation = -1
 
@@ -175,14 +175,14 @@ class FusedBackbone:
         plan.rows[:] = [t - 1] if last_only else np.arange(t)
         h = (1, t, d.hidden_size)
         hidden, hidden_v = plan.buffer(h)
-        self._bind(plan, "embed", self.embed, {naming.INPUT_IDS: _value(plan.ids)}, {naming.HIDDEN: hidden_v})
+        self._bind(plan, "embed", self.embed, {naming.INPUT_IDS: ortvalue(plan.ids)}, {naming.HIDDEN: hidden_v})
         ffn, ffn_v = plan.buffer(h)                                  # zeros: no FFN before layer 0
         for layer, kind in enumerate(self.m.layer_kinds):
             hidden, hidden_v, ffn, ffn_v = self._bind_layer(plan, layer, kind, hidden_v, ffn_v, cache)
         logits, logits_v = plan.buffer((1, plan.rows.size, d.vocab_size))
         plan.logits = logits
         self._bind(plan, "head", self.final, {naming.HIDDEN: hidden_v, naming.FFN_IN: ffn_v,
-                                              naming.LOGIT_ROWS: _value(plan.rows)}, {naming.LOGITS: logits_v})
+                                              naming.LOGIT_ROWS: ortvalue(plan.rows)}, {naming.LOGITS: logits_v})
         return plan
 
     def _bind(self, plan: _Plan, name: str, piece, inputs: dict, outputs: dict,

@@ -15,6 +15,7 @@ from ..manifest import Manifest, load_manifest
 from ..naming import Graphs
 from .backbone import Backbone
 from .fused import FusedBackbone
+from .fused_draft import FusedDraft
 from .config import TierConfig
 from .draft import DraftModel, find_graph
 from .experts import ExpertBackend, resident_backend
@@ -31,7 +32,7 @@ class Parts:
     manifest: Manifest
     backbone: Union[Backbone, FusedBackbone]
     tokenizer: Optional[Tokenizer]
-    draft: Optional[DraftModel]
+    draft: Optional[Union[DraftModel, FusedDraft]]
     policy: Optional[Policy]
 
 
@@ -75,9 +76,11 @@ def _tiered(bundle: Path, manifest: Manifest, policy: Policy, tiers: TierConfig)
 
 
 def _draft(bundle: Path, manifest: Manifest, directory: Optional[Union[str, Path]],
-           providers: Sequence[str]) -> Optional[DraftModel]:
+           providers: Sequence[str]) -> Optional[Union[DraftModel, FusedDraft]]:
     if directory is not None:
         model = DraftModel(find_graph(Path(directory)), providers)
+    elif manifest.draft is not None and manifest.draft.graphs is Graphs.FUSED:
+        model = FusedDraft(bundle / manifest.draft.graph, manifest.draft, providers)
     elif manifest.draft is not None:
         model = DraftModel(bundle / manifest.draft.graph, providers)
     else:

@@ -39,6 +39,21 @@ def adapter_for(cfg: dict[str, Any], weights: WeightStore) -> "Adapter":
     return cls(cfg, weights)
 
 
+def read_attention(w: WeightStore, layer: int) -> AttentionWeights:
+    """A layer's attention weights under the Hub's names (optional biases and q/k norms)."""
+    p = f"model.layers.{layer}"
+    a = f"{p}.self_attn"
+    opt = lambda name: w.get(name) if w.has(name) else None   # noqa: E731
+    return AttentionWeights(
+        input_norm=w.get(f"{p}.input_layernorm.weight"), post_norm=w.get(f"{p}.post_attention_layernorm.weight"),
+        q=w.get(f"{a}.q_proj.weight"), k=w.get(f"{a}.k_proj.weight"),
+        v=w.get(f"{a}.v_proj.weight"), o=w.get(f"{a}.o_proj.weight"),
+        q_bias=opt(f"{a}.q_proj.bias"), k_bias=opt(f"{a}.k_proj.bias"),
+        v_bias=opt(f"{a}.v_proj.bias"), o_bias=opt(f"{a}.o_proj.bias"),
+        q_norm=opt(f"{a}.q_norm.weight"), k_norm=opt(f"{a}.k_norm.weight"),
+    )
+
+
 class Adapter:
     """Hub naming (``model.layers.N.self_attn.q_proj`` ...) shared by every family here."""
 
@@ -73,17 +88,7 @@ class Adapter:
         raise CheckpointError("lm_head.weight is missing and tie_word_embeddings is false; the checkpoint is incomplete")
 
     def attention(self, layer: int) -> AttentionWeights:
-        p = f"model.layers.{layer}"
-        a = f"{p}.self_attn"
-        return AttentionWeights(
-            input_norm=self.w.get(f"{p}.input_layernorm.weight"),
-            post_norm=self.w.get(f"{p}.post_attention_layernorm.weight"),
-            q=self.w.get(f"{a}.q_proj.weight"), k=self.w.get(f"{a}.k_proj.weight"),
-            v=self.w.get(f"{a}.v_proj.weight"), o=self.w.get(f"{a}.o_proj.weight"),
-            q_bias=self._opt(f"{a}.q_proj.bias"), k_bias=self._opt(f"{a}.k_proj.bias"),
-            v_bias=self._opt(f"{a}.v_proj.bias"), o_bias=self._opt(f"{a}.o_proj.bias"),
-            q_norm=self._opt(f"{a}.q_norm.weight"), k_norm=self._opt(f"{a}.k_norm.weight"),
-        )
+        return read_attention(self.w, layer)
 
     def attention_module(self, layer: int) -> torch.nn.Module:
         from ..modules import Attention

@@ -1,0 +1,90 @@
+"""The draft as one fused graph (bundles exported with fused graphs): one prebound call per
+draft step, its KV cache updated in place (`FusedKV`); rollback is a length change."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .. import naming
+from ..errors import BundleError
+from ..manifest import DraftSpec
+from .draft import DraftShape
+from .fused import FusedKV, ortvalue
+from .rope import rope_tables
+from .sampling import check_finite
+from .sessions import CPU, Piece
+
+_MAX_TABLE = 1 << 17       # rotary table rows (positions) at most
+
+
+class FusedDraft:
+    def __init__(self, graph: Path, spec: DraftSpec, providers: Sequence[str] = (CPU,)):
+        self.piece = Piece(graph, providers)
+        n = spec.num_layers
+        cache = [naming.fused_draft_cache(i, w) for i in range(n) for w in (naming.PAST_KEY, naming.PAST_VALUE)]
+        want = (naming.INPUT_IDS, *cache, naming.SEQLENS_K, naming.TOTAL_LENGTH, naming.COS_CACHE, naming.SIN_CACHE)
+        if self.piece.inputs != want:
+            raise BundleError(f"draft graph {graph} has inputs {list(self.piece.inputs)}, a fused draft takes "
+                              f"{list(want)}; re-export the bundle")
+        self.shape = DraftShape(n, spec.num_kv_heads, spec.head_dim, spec.vocab_size)
+        self.tables = [ortvalue(t) for t in rope_tables(spec.rope_theta, spec.head_dim,
+                                                          min(spec.max_positions, _MAX_TABLE))]
+        self._lengths = (np.zeros(1, np.int32), np.zeros((), np.int32))
+        self.length_values = [ortvalue(a) for a in self._lengths]
+        self._plans: dict[int, _Plan] = {}
+        self._generation = -1
+
+    def new_cache(self) -> FusedKV:
+        s = self.shape
+        return FusedKV(s.num_layers, s.num_kv_heads, s.head_dim, s.head_dim)
+
+    def forward(self, ids: Sequence[int], cache: FusedKV) -> np.ndarray:
+        """Feed T tokens after the cache; returns logits of the last one, [V]."""
+        t, p = len(ids), cache.length
+        cache.reserve(p + t)
+        plan = self._plan(t, cache)
+        plan.input_ids[0] = ids
+        self._lengths[0][0] = p + t - 1
+        self._lengths[1][()] = p + t
+        plan.run()
+        cache.length = p + t
+        out = plan.logits[0, 0].copy()                                               # [V]
+        check_finite(out, "draft model", p + t)
+        return out
+
+    def _plan(self, t: int, cache: FusedKV) -> "_Plan":
+        if cache.generation != self._generation:
+            self._plans.clear()
+            self._generation = cache.generation
+        plan = self._plans.get(t) or _Plan(self, t, cache)
+        if t <= 16:                 # draft steps and catch-ups keep their bindings; prompts do not
+            self._plans[t] = plan
+        return plan
+
+
+class _Plan:
+    """The buffers and the binding of one step length."""
+
+    def __init__(self, draft: FusedDraft, t: int, cache: FusedKV):
+        session = draft.piece.session
+        self.binding = b = session.io_binding()
+        self.input_ids = np.zeros((1, t), np.int64)
+        self.logits = np.zeros((1, 1, draft.shape.vocab_size), np.float32)
+        self.values = [ortvalue(self.input_ids), ortvalue(self.logits)]
+        b.bind_ortvalue_input(naming.INPUT_IDS, self.values[0])
+        b.bind_ortvalue_output(naming.LOGITS, self.values[1])
+        for i in range(draft.shape.num_layers):
+            for past, present, values in ((naming.PAST_KEY, naming.PRESENT_KEY, cache.key_values),
+                                          (naming.PAST_VALUE, naming.PRESENT_VALUE, cache.value_values)):
+                b.bind_ortvalue_input(naming.fused_draft_cache(i, past), values[i])
+                b.bind_ortvalue_output(naming.fused_draft_cache(i, present), values[i])
+        for name, value in zip((naming.SEQLENS_K, naming.TOTAL_LENGTH, naming.COS_CACHE, naming.SIN_CACHE),
+                               (*draft.length_values, *draft.tables)):
+            b.bind_ortvalue_input(name, value)
+        self._run, self._raw = session._sess.run_with_iobinding, b._iobinding
+
+    def run(self) -> None:
+        self._run(self._raw, None)

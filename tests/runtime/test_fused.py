@@ -1,0 +1,48 @@
+"""The fused runtime's KV buffers: in-place growth keeps the cache, rollback is a length
+change, and generation across a growth stays token-identical to transformers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from spac_ort.runtime.fused import FusedKV
+
+
+def test_growth_keeps_the_cache_and_moves_the_buffers():
+    kv = FusedKV(num_layers=2, heads=2, key_dim=4, value_dim=3, capacity=4)
+    for layer in range(2):
+        kv.keys[layer][:, :, :3] = np.arange(24, dtype=np.float32).reshape(1, 2, 3, 4) + layer
+        kv.values[layer][:, :, :3] = -np.arange(18, dtype=np.float32).reshape(1, 2, 3, 3)
+    kv.length = 3
+    before = kv.generation
+    kv.reserve(4)                                    # fits: nothing moves
+    assert kv.generation == before and kv.capacity == 4
+    kv.reserve(5)
+    assert kv.generation != before and kv.capacity >= 8
+    assert kv.keys[1].shape == (1, 2, kv.capacity, 4)
+    np.testing.assert_array_equal(kv.keys[1][:, :, :3], np.arange(24, dtype=np.float32).reshape(1, 2, 3, 4) + 1)
+    np.testing.assert_array_equal(kv.values[0][:, :, :3], -np.arange(18, dtype=np.float32).reshape(1, 2, 3, 3))
+
+
+def test_rollback_is_a_length_change():
+    kv = FusedKV(num_layers=1, heads=1, key_dim=2, value_dim=2, capacity=8)
+    kv.length = 6
+    kv.truncate(4)
+    assert kv.length == 4
+    with pytest.raises(ValueError):
+        kv.truncate(5)
+
+
+def test_generation_across_a_cache_growth_matches_transformers(demo_bundle):
+    """A 250-token prompt outgrows the first buffers (256 positions) while decoding, in the
+    target's cache and the draft's; plain and speculative tokens must equal transformers'."""
+    from spac_ort.models import DEMO_TARGET
+    from spac_ort.runtime import Generator
+    from tests.tiny import hf_greedy
+
+    gen = Generator.from_bundle(demo_bundle)
+    ids = [int(i) for i in np.random.default_rng(3).integers(1, 8000, 250)]
+    want = hf_greedy(DEMO_TARGET, ids, 20)
+    assert list(gen.generate(ids, max_new_tokens=20, speculative=False, stop_at_eos=False)) == want
+    assert list(gen.generate(ids, max_new_tokens=20, draft_tokens=4, stop_at_eos=False)) == want
