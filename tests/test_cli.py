@@ -69,3 +69,16 @@ def test_all_plain_expert_backends_agree(demo_bundle):
         else:
             assert calls["experts"] >= 4 * calls["attention"] // 2
     assert outs[0] == outs[1] == outs[2]
+
+
+def test_two_threads_give_the_same_tokens(demo_bundle):
+    """--threads 2 runs every session on one shared pool of two threads (a process-wide
+    setting, so it runs in a process of its own)."""
+    import subprocess
+    import sys
+
+    args = [str(demo_bundle), "-p", "def add(a, b):", "-n", "16", "--json", "--no-speculative"]
+    one = json.loads(CliRunner().invoke(run_cli.main, args).stdout)
+    two = subprocess.run([sys.executable, "-m", "spac_ort.cli.run", *args, "--threads", "2"], capture_output=True,
+                         text=True, check=True)
+    assert json.loads(two.stdout)["generated_token_ids"] == one["generated_token_ids"]

@@ -227,7 +227,7 @@ class FusedBackbone:
         outputs.update({naming.TOPK_WEIGHTS: weights_v, naming.TOPK_IDS: ids_v, naming.EXPERT_LOGITS: logits_v,
                         naming.WEIGHT_SUM: wsum_v})
         self._bind(plan, "attention", self.layers[layer], inputs, outputs)
-        plan.steps.append(("observe", lambda: self._observe(layer, ids, weights)))
+        plan.steps.append(("observers", lambda: self._observe(layer, ids, weights)))
         routed, routed_v = (plan.buffer(h) if layer in self.shared else (new_ffn, new_ffn_v))
         if isinstance(self.experts, MoEExperts):
             gate_up, down = self.experts.layer_weights(layer)

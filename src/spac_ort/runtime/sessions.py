@@ -55,13 +55,35 @@ def session_threads(threads: int) -> Iterator[None]:
         _THREADS.reset(token)
 
 
+_global_pool: list[int] = []      # the size of the process's shared intra-op pool, once made
+
+
+def _shared_pool(threads: int) -> None:
+    """One intra-op pool for the multi-threaded sessions of the process: per-session pools of
+    two threads made decoding 1.4x slower than one shared pool here (each of ~18 sessions
+    woke its own thread for every operator). Once it exists every new session must use it,
+    so its size is the process's thread count from then on (sessions made before keep
+    their own single thread)."""
+    if not _global_pool:
+        ort.capi.onnxruntime_pybind11_state.set_global_thread_pool_sizes(threads, 1)
+        _global_pool.append(threads)
+    elif _global_pool[0] != threads:
+        raise ConfigError(f"this process already runs its new sessions on a shared pool of {_global_pool[0]} "
+                          f"threads; use --threads {_global_pool[0]} (asked: {threads}), or another process")
+
+
 def session_options(threads: Optional[int] = None) -> ort.SessionOptions:
-    """Many small sessions share the machine: one intra-op thread each unless built under
-    `session_threads`, no spinning (per-session pools with spinning turn 1.8 ms into 35 ms
-    with 17 sessions)."""
+    """Many small sessions share the machine: one intra-op thread each, no spinning
+    (per-session pools with spinning turn 1.8 ms into 35 ms with 17 sessions); under
+    `session_threads(n)` with n > 1, the process's shared pool of n threads."""
     so = ort.SessionOptions()
-    so.intra_op_num_threads = threads or _THREADS.get()
-    so.inter_op_num_threads = 1
+    n = threads or _THREADS.get()
+    if n > 1 or _global_pool:
+        _shared_pool(n)
+        so.use_per_session_threads = False
+    else:
+        so.intra_op_num_threads = 1
+        so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.add_session_config_entry("session.intra_op.allow_spinning", "0")
