@@ -88,8 +88,7 @@ SEQLENS_K = "seqlens_k"            # [1] int32: cache length after this call, mi
 TOTAL_LENGTH = "total_sequence_length"   # [] int32: cache length after this call
 COS_CACHE = "cos_cache"            # [C, D/2] rotary tables, C >= positions used
 SIN_CACHE = "sin_cache"
-EXPERT_LOGITS = "expert_logits"    # [1, T, E] log of each chosen expert's weight, -1e30 elsewhere
-WEIGHT_SUM = "weight_sum"          # [1, T, 1] sum of the chosen experts' weights
+ROUTER_LOGITS = "router_logits"    # [1, T, E] the router's logits (com.microsoft.MoE routes from them)
 LOGIT_ROWS = "logit_rows"          # [N] int64: the rows of the window that get logits
 
 IO_NAMES: dict[PieceKind, tuple[tuple[str, ...], tuple[str, ...]]] = {
@@ -105,7 +104,7 @@ IO_NAMES: dict[PieceKind, tuple[tuple[str, ...], tuple[str, ...]]] = {
     PieceKind.HEAD: ((HIDDEN,), (LOGITS,)),
     PieceKind.LAYER: (
         (HIDDEN, FFN_IN, PAST_KEY, PAST_VALUE, SEQLENS_K, TOTAL_LENGTH, COS_CACHE, SIN_CACHE),
-        (HIDDEN_OUT, NORMED, TOPK_WEIGHTS, TOPK_IDS, EXPERT_LOGITS, WEIGHT_SUM, PRESENT_KEY, PRESENT_VALUE),
+        (HIDDEN_OUT, NORMED, TOPK_WEIGHTS, TOPK_IDS, ROUTER_LOGITS, PRESENT_KEY, PRESENT_VALUE),
     ),
     PieceKind.DENSE_LAYER: (
         (HIDDEN, FFN_IN, PAST_KEY, PAST_VALUE, SEQLENS_K, TOTAL_LENGTH, COS_CACHE, SIN_CACHE),

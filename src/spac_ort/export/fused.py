@@ -5,8 +5,8 @@ Runtime's fused operators, and the final norm with the head.
             MatMul(x, [q|k|v]) -> q, k, v  (biases, q/k norms, clipping as the family has them)
             GroupQueryAttention(q, k, v, KV cache shared in place, rotary from cos/sin tables)
             MatMul(., o);  SkipSimplifiedLayerNormalization(attn + h) -> normed, hidden_out
-            router: MatMul -> Softmax -> TopK [-> renormalise] [-> scale]
-                    -> expert_logits [1, T, E] (log weight of the chosen, -1e30 elsewhere), weight_sum
+            router: MatMul -> router_logits [1, T, E] (com.microsoft.MoE routes from them)
+                    -> Softmax -> TopK [-> renormalise] -> topk ids and weights (the sensor's)
 
 The residual of a layer is folded into the next layer's first norm (``ffn_in`` + ``hidden``),
 so a layer is two calls: this graph and its experts. Built with onnx.helper over the
@@ -31,7 +31,6 @@ from .onnx_io import Template
 from .weights import AttentionWeights
 
 MS = "com.microsoft"
-NEG = -1e30          # logit of an expert not chosen: finite, so softmax gives exactly 0
 F, I32, I64 = TensorProto.FLOAT, TensorProto.INT32, TensorProto.INT64
 
 
@@ -42,8 +41,9 @@ def check_supported(dims: ModelDims, routing: Routing, mla: bool) -> None:
     if dims.head_dim % 16:
         raise UnsupportedModelError(f"fused attention needs a head size that is a multiple of 16 (this model's is "
                                     f"{dims.head_dim}); export with --graphs portable")
-    if routing.scoring is not Scoring.SOFTMAX or routing.topk_method is not TopkMethod.GREEDY:
-        raise UnsupportedModelError("this family's routing (sigmoid or group-limited) has no fused router; "
+    if (routing.scoring is not Scoring.SOFTMAX or routing.topk_method is not TopkMethod.GREEDY
+            or routing.routed_scaling_factor != 1.0):
+        raise UnsupportedModelError("this family's routing (sigmoid, group-limited or scaled) has no fused router; "
                                     "export with --graphs portable")
 
 
@@ -155,26 +155,13 @@ def _head_norm(g: GraphBuilder, z: str, heads: int, weight: tuple, eps: float) -
 
 
 def _router(g: GraphBuilder, d: ModelDims, routing: Routing, weight) -> None:
-    last = g.const("last_axis", [-1])
-    g.node("MatMul", [naming.NORMED, g.weight("w_router", as_in_out(weight))], ["router_logits"])
-    g.node("Softmax", ["router_logits"], ["probs"], axis=-1)
-    steps = [("norm", routing.norm_topk_prob), ("scale", routing.routed_scaling_factor != 1.0)]
-    final = [name for name, on in steps if on][-1:] or ["topk"]
-    out = lambda name: naming.TOPK_WEIGHTS if name == final[0] else f"w_{name}"   # noqa: E731
-    g.node("TopK", ["probs", g.const("k", [d.top_k])], [out("topk"), naming.TOPK_IDS], axis=-1)
-    w = out("topk")
+    g.node("MatMul", [naming.NORMED, g.weight("w_router", as_in_out(weight))], [naming.ROUTER_LOGITS])
+    g.node("Softmax", [naming.ROUTER_LOGITS], ["probs"], axis=-1)
+    top = "w_top" if routing.norm_topk_prob else naming.TOPK_WEIGHTS
+    g.node("TopK", ["probs", g.const("k", [d.top_k])], [top, naming.TOPK_IDS], axis=-1)
     if routing.norm_topk_prob:
-        g.node("ReduceSum", [w, last], ["w_sum_raw"], keepdims=1)
-        w = g.node("Div", [w, "w_sum_raw"], [out("norm")])
-    if routing.routed_scaling_factor != 1.0:
-        w = g.node("Mul", [w, g.const("scale", [routing.routed_scaling_factor], F)], [out("scale")])
-    g.node("ReduceSum", [naming.TOPK_WEIGHTS, last], [naming.WEIGHT_SUM], keepdims=1)
-    # expert_logits: a row of NEG with log(weight) at the chosen experts, so softmax over
-    # the row gives each chosen expert weight / weight_sum (what com.microsoft.MoE takes)
-    g.node("Log", [naming.TOPK_WEIGHTS], ["log_w"])
-    g.node("Shape", ["router_logits"], ["logits_shape"])
-    g.node("Expand", [g.const("neg", [NEG], F), "logits_shape"], ["neg_rows"])
-    g.node("ScatterElements", ["neg_rows", naming.TOPK_IDS, "log_w"], [naming.EXPERT_LOGITS], axis=-1)
+        g.node("ReduceSum", [top, g.const("last_axis", [-1])], ["w_sum"], keepdims=1)
+        g.node("Div", [top, "w_sum"], [naming.TOPK_WEIGHTS])
 
 
 def layer_graph(d: ModelDims, spec: AttentionSpec, routing: Routing, w: AttentionWeights,
@@ -193,7 +180,7 @@ def layer_graph(d: ModelDims, spec: AttentionSpec, routing: Routing, w: Attentio
     if router is not None:
         a = d.top_k
         outputs += [value_info(naming.TOPK_WEIGHTS, F, [1, "T", a]), value_info(naming.TOPK_IDS, I64, [1, "T", a]),
-                    value_info(naming.EXPERT_LOGITS, F, [1, "T", d.num_experts]), value_info(naming.WEIGHT_SUM, F, [1, "T", 1])]
+                    value_info(naming.ROUTER_LOGITS, F, [1, "T", d.num_experts])]
     outputs += [value_info(naming.PRESENT_KEY, F, [1, kv, "M", hd]), value_info(naming.PRESENT_VALUE, F, [1, kv, "M", hd])]
     return g.template((PieceKind.LAYER if router is not None else PieceKind.DENSE_LAYER).value, inputs, outputs)
 

@@ -134,7 +134,7 @@ class PieceWriter:
         self.files[naming.data_path(rel)] = written.data
         piece = Piece(self.root / rel)
         got = dict(zip(piece.outputs, piece(*[graph_in[name] for name in piece.inputs])))
-        err, differs = fused_check.compare(kind, got, want)
+        err, differs = fused_check.compare(got, want)
         if kind is PieceKind.FINAL and self.head_quant == "int8":      # 8-bit weights and activations
             self._record(rel, err, differs, fused_check.INT8_RTOL, track=False)
         else:

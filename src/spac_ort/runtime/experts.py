@@ -158,13 +158,14 @@ def interleaved(w_gate: np.ndarray, w_up: np.ndarray, w_down: np.ndarray) -> tup
 
 class MoEExperts(ResidentBackend):
     """All experts resident in host memory; a layer's routed experts in one
-    ``com.microsoft.MoE`` call. Needs the router's ``expert_logits`` and ``weight_sum``
-    (fused graphs), so the fused backbone binds it directly (`session`, `layer_weights`)."""
+    ``com.microsoft.MoE`` call that routes from the router's logits (fused graphs: the
+    fused backbone binds it directly, `session` and `layer_weights`)."""
 
     def __init__(self, bundle: Path, manifest: Manifest, providers: Sequence[str] = (CPU,)):
         d = manifest.dims
         store = ExpertStore(bundle, manifest)
-        self.session = ort.InferenceSession(moe_graph(d.hidden_size, d.expert_intermediate, d.num_experts, d.top_k),
+        self.session = ort.InferenceSession(moe_graph(d.hidden_size, d.expert_intermediate, d.num_experts, d.top_k,
+                                                      manifest.routing.norm_topk_prob),
                                             session_options(), providers=list(providers))
         self._weights: dict[int, tuple] = {}
         self._num_experts = d.num_experts
@@ -183,23 +184,22 @@ class MoEExperts(ResidentBackend):
 
     def run_layer(self, layer: int, x: np.ndarray, groups: Sequence[ExpertGroup],
                   ids: Optional[np.ndarray] = None, weights: Optional[np.ndarray] = None) -> np.ndarray:
-        """The numpy path (the fused backbone binds the session directly instead)."""
+        """The numpy path (the fused backbone binds the session directly instead): logits of
+        log(weight) at the chosen experts and -1e30 elsewhere make the op's softmax give
+        weight / weight_sum; the output is scaled back by weight_sum."""
         if ids is None or weights is None:
             raise ValueError("the MoE backend needs the router outputs (ids and weights)")
         logits = np.full((ids.shape[0], self._num_experts), -1e30, np.float32)
         np.put_along_axis(logits, ids, np.log(weights), axis=1)
-        logits = logits[None]                                                  # [1, T, E]
-        wsum = weights.sum(axis=1, dtype=np.float32).reshape(1, -1, 1)
         b = self.session.io_binding()
         b.bind_cpu_input(naming.NORMED, np.ascontiguousarray(x, dtype=np.float32))
-        b.bind_cpu_input(naming.EXPERT_LOGITS, logits)
-        b.bind_cpu_input(naming.WEIGHT_SUM, np.ascontiguousarray(wsum))
+        b.bind_cpu_input(naming.ROUTER_LOGITS, logits[None])                   # [1, T, E]
         for name, value in zip(("w_gate_up", "w_down"), self._weights[layer]):
             b.bind_ortvalue_input(name, value)
         b.bind_output(naming.FFN_OUT)
         self.session.run_with_iobinding(b)
         self._calls += 1
-        return b.copy_outputs_to_cpu()[0]
+        return b.copy_outputs_to_cpu()[0] * weights.sum(axis=1, dtype=np.float32)[None, :, None]
 
     def calls(self) -> int:
         return self._calls

@@ -222,10 +222,8 @@ class FusedBackbone:
         a, e = d.top_k, d.num_experts
         weights, weights_v = plan.buffer((1, t, a))
         ids, ids_v = plan.buffer((1, t, a), np.int64)
-        logits, logits_v = plan.buffer((1, t, e))
-        wsum, wsum_v = plan.buffer((1, t, 1))
-        outputs.update({naming.TOPK_WEIGHTS: weights_v, naming.TOPK_IDS: ids_v, naming.EXPERT_LOGITS: logits_v,
-                        naming.WEIGHT_SUM: wsum_v})
+        _, logits_v = plan.buffer((1, t, e))
+        outputs.update({naming.TOPK_WEIGHTS: weights_v, naming.TOPK_IDS: ids_v, naming.ROUTER_LOGITS: logits_v})
         self._bind(plan, "attention", self.layers[layer], inputs, outputs)
         plan.steps.append(("observers", lambda: self._observe(layer, ids, weights)))
         routed, routed_v = (plan.buffer(h) if layer in self.shared else (new_ffn, new_ffn_v))
@@ -233,7 +231,7 @@ class FusedBackbone:
             gate_up, down = self.experts.layer_weights(layer)
             experts = self.experts
             call = self._bind(plan, "experts", experts,
-                              {naming.NORMED: normed_v, naming.EXPERT_LOGITS: logits_v, naming.WEIGHT_SUM: wsum_v,
+                              {naming.NORMED: normed_v, naming.ROUTER_LOGITS: logits_v,
                                "w_gate_up": gate_up, "w_down": down}, {naming.FFN_OUT: routed_v}, step=False)
             plan.steps.append(("experts", lambda: (call(), experts.count(1))[1]))
         else:

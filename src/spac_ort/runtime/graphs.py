@@ -87,13 +87,13 @@ def grouped_swiglu_graph(hidden: int, inter: int, top_k: int) -> bytes:
     return model.SerializeToString()
 
 
-def moe_graph(hidden: int, inter: int, num_experts: int, top_k: int) -> bytes:
+def moe_graph(hidden: int, inter: int, num_experts: int, top_k: int, normalize: bool) -> bytes:
     """A layer's routed experts on ``com.microsoft.MoE``, weights bound as inputs.
 
-    Inputs: normed [1, T, H]; expert_logits [1, T, E] (log weight of each chosen expert, a large
-    negative elsewhere: the op's softmax over a row gives weight / weight_sum); weight_sum
-    [1, T, 1]; w_gate_up [E, 2I, H] with gate and up rows interleaved (row 2i gate i, 2i+1
-    up i: the layout the CPU kernel computes exactly in fp32); w_down [E, H, I].
+    Inputs: normed [1, T, H]; router_logits [1, T, E] (the op takes softmax, top-k and, with
+    ``normalize``, renormalises the chosen weights: the routing of the fused families);
+    w_gate_up [E, 2I, H] with gate and up rows interleaved (row 2i gate i, 2i+1 up i: the
+    layout the CPU kernel computes exactly in fp32); w_down [E, H, I].
     """
     f = TensorProto.FLOAT
     vi = helper.make_tensor_value_info
@@ -103,18 +103,16 @@ def moe_graph(hidden: int, inter: int, num_experts: int, top_k: int) -> bytes:
         helper.make_node("Constant", [], ["out"], value=const("out", TensorProto.INT64, [3], [1, -1, hidden])),
         helper.make_node("Constant", [], ["probs"], value=const("probs", TensorProto.INT64, [2], [-1, num_experts])),
         helper.make_node("Reshape", [naming.NORMED, "rows"], ["x"]),                   # [T, H]
-        helper.make_node("Reshape", [naming.EXPERT_LOGITS, "probs"], ["logits"]),      # [T, E]
+        helper.make_node("Reshape", [naming.ROUTER_LOGITS, "probs"], ["logits"]),      # [T, E]
         helper.make_node("MoE", ["x", "logits", "w_gate_up", "", "w_down"], ["y"], domain="com.microsoft",
-                         k=top_k, activation_type="swiglu", swiglu_fusion=1, normalize_routing_weights=0,
+                         k=top_k, activation_type="swiglu", swiglu_fusion=1, normalize_routing_weights=int(normalize),
                          activation_alpha=1.0, activation_beta=0.0, swiglu_limit=float("inf")),
-        helper.make_node("Reshape", ["y", "out"], ["y3"]),                             # [1, T, H]
-        helper.make_node("Mul", ["y3", naming.WEIGHT_SUM], [naming.FFN_OUT]),
+        helper.make_node("Reshape", ["y", "out"], [naming.FFN_OUT]),                   # [1, T, H]
     ]
     graph = helper.make_graph(
         nodes, "moe",
-        [vi(naming.NORMED, f, [1, "T", hidden]), vi(naming.EXPERT_LOGITS, f, [1, "T", num_experts]),
-         vi(naming.WEIGHT_SUM, f, [1, "T", 1]), vi("w_gate_up", f, [num_experts, 2 * inter, hidden]),
-         vi("w_down", f, [num_experts, hidden, inter])],
+        [vi(naming.NORMED, f, [1, "T", hidden]), vi(naming.ROUTER_LOGITS, f, [1, "T", num_experts]),
+         vi("w_gate_up", f, [num_experts, 2 * inter, hidden]), vi("w_down", f, [num_experts, hidden, inter])],
         [vi(naming.FFN_OUT, f, [1, "T", hidden])])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)],
                               ir_version=8)
