@@ -209,8 +209,8 @@ def parse_manifest(data: Any, path: Path) -> Manifest:
     kinds = _layer_kinds(r, dims.num_layers)
     files = _files(r)
     experts = _experts(r.sub("experts"), dims, kinds)
-    graphs = r.enum("graphs", naming.Graphs)
-    for graph in checks.required_graphs(kinds, dims.shared_expert_intermediate > 0, graphs):
+    graphs, head_quant = r.enum("graphs", naming.Graphs), checks.head_quant(r)
+    for graph in checks.required_graphs(kinds, dims.shared_expert_intermediate > 0, graphs, head_quant):
         checks.check_listed(r, "files", graph, files)
     tokenizer = r.get("tokenizer", str, optional=True)
     checks.check_listed(r, "tokenizer", tokenizer, files)
@@ -223,7 +223,7 @@ def parse_manifest(data: Any, path: Path) -> Manifest:
         opset=r.get("opset", int), io=_io(r.sub("io")), files=files, experts=experts,
         bos_token_id=r.get("bos_token_id", int, optional=True), eos_token_ids=tuple(eos),
         tokenizer=tokenizer, producer=r.get("producer", str), graphs=graphs, rope_theta=checks.rope_theta(r),
-        head_quant=checks.head_quant(r),
+        head_quant=head_quant,
         schema_version=version, draft=_draft(r, files),
     )
 

@@ -94,11 +94,13 @@ def head_quant(r: Reader) -> str:
 
 
 def required_graphs(layer_kinds: Iterable[Any], shared_expert: bool,
-                    graphs: naming.Graphs = naming.Graphs.PORTABLE) -> list[str]:
+                    graphs: naming.Graphs = naming.Graphs.PORTABLE, head_quant: str = "none") -> list[str]:
     """The non-expert graphs the runtime opens, by their fixed names."""
     kinds = naming.PieceKind
     fused = graphs is naming.Graphs.FUSED
     out = [naming.EMBED, naming.FINAL if fused else naming.HEAD]
+    if fused and head_quant == "none":
+        out.append(naming.FINAL_GREEDY)
     for layer, kind in enumerate(layer_kinds):
         moe = kind.value == "moe"
         if fused:

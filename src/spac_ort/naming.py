@@ -18,6 +18,7 @@ Bundles exported with fused graphs (``--graphs fused``) replace attention, route
                                     in place, post-norm, router (MoE layers)
     layers/NNN/dense_layer.onnx     the same without the router (dense layers)
     final.onnx                      residual + final norm + lm_head over chosen rows
+    final_greedy.onnx               (fp32 heads) the same as an 8-bit screen with exact candidates
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ TOKENIZER_FILE = "tokenizer/tokenizer.json"
 EMBED = "embed.onnx"
 HEAD = "head.onnx"
 FINAL = "final.onnx"
+FINAL_GREEDY = "final_greedy.onnx"
 EXPERT_TEMPLATE = "layers/{layer:03d}/experts/{expert:03d}.onnx"
 
 
@@ -46,6 +48,7 @@ class PieceKind(str, Enum):
     LAYER = "layer"                 # fused graphs: attention + router of one MoE layer
     DENSE_LAYER = "dense_layer"     # fused graphs: attention of one dense layer
     FINAL = "final"                 # fused graphs: residual, final norm, lm_head
+    FINAL_GREEDY = "final_greedy"   # fused graphs, fp32 head: an 8-bit screen + exact candidates
 
 
 class Graphs(str, Enum):
@@ -90,6 +93,9 @@ COS_CACHE = "cos_cache"            # [C, D/2] rotary tables, C >= positions used
 SIN_CACHE = "sin_cache"
 ROUTER_LOGITS = "router_logits"    # [1, T, E] the router's logits (com.microsoft.MoE routes from them)
 LOGIT_ROWS = "logit_rows"          # [N] int64: the rows of the window that get logits
+CAND_UPPER = "cand_upper"          # [1, N, K] the K best upper bounds of the screened logits
+CAND_IDS = "cand_ids"              # [1, N, K] int64: their token ids
+CAND_LOGITS = "cand_logits"        # [1, N, K] their exact fp32 logits
 
 IO_NAMES: dict[PieceKind, tuple[tuple[str, ...], tuple[str, ...]]] = {
     PieceKind.EMBED: ((INPUT_IDS,), (HIDDEN,)),
@@ -111,6 +117,7 @@ IO_NAMES: dict[PieceKind, tuple[tuple[str, ...], tuple[str, ...]]] = {
         (HIDDEN_OUT, NORMED, PRESENT_KEY, PRESENT_VALUE),
     ),
     PieceKind.FINAL: ((HIDDEN, FFN_IN, LOGIT_ROWS), (LOGITS,)),
+    PieceKind.FINAL_GREEDY: ((HIDDEN, FFN_IN, LOGIT_ROWS), (LOGITS, CAND_UPPER, CAND_IDS, CAND_LOGITS)),
 }
 
 # Which piece kinds each graph variant's bundles hold (experts in both).
@@ -118,7 +125,7 @@ VARIANT_KINDS: dict[Graphs, tuple[PieceKind, ...]] = {
     Graphs.PORTABLE: (PieceKind.EMBED, PieceKind.ATTENTION, PieceKind.ROUTER, PieceKind.EXPERT,
                       PieceKind.SHARED_EXPERT, PieceKind.DENSE_MLP, PieceKind.HEAD),
     Graphs.FUSED: (PieceKind.EMBED, PieceKind.LAYER, PieceKind.DENSE_LAYER, PieceKind.EXPERT,
-                   PieceKind.SHARED_EXPERT, PieceKind.DENSE_MLP, PieceKind.FINAL),
+                   PieceKind.SHARED_EXPERT, PieceKind.DENSE_MLP, PieceKind.FINAL, PieceKind.FINAL_GREEDY),
 }
 
 

@@ -46,3 +46,21 @@ def test_generation_across_a_cache_growth_matches_transformers(demo_bundle):
     want = hf_greedy(DEMO_TARGET, ids, 20)
     assert list(gen.generate(ids, max_new_tokens=20, speculative=False, stop_at_eos=False)) == want
     assert list(gen.generate(ids, max_new_tokens=20, draft_tokens=4, stop_at_eos=False)) == want
+
+
+def test_screened_head_gives_the_fp32_argmax(demo_bundle):
+    """Greedy decoding reads the 8-bit screen with exact candidates (or the fp32 head where
+    the screen cannot settle the argmax): every row's argmax must be the fp32 head's."""
+    from spac_ort.runtime import Generator
+
+    bb = Generator.from_bundle(demo_bundle).backbone
+    assert bb.final_greedy is not None
+    ids = [int(i) for i in np.random.default_rng(5).integers(1, 8000, 40)]
+    caches = {True: bb.new_cache(), False: bb.new_cache()}
+    for step in range(48):
+        window = ids if step == 0 else [int(i) for i in np.random.default_rng(step).integers(1, 8000, 1 + step % 5)]
+        out = {}
+        for greedy, cache in caches.items():
+            bb.greedy = greedy
+            out[greedy] = bb.forward(window, cache, last_only=step == 0)
+        np.testing.assert_array_equal(out[True].argmax(axis=-1), out[False].argmax(axis=-1))

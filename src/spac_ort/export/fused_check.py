@@ -67,6 +67,20 @@ def final_reference(head: torch.nn.Module, case: dict) -> dict:
         return {naming.LOGITS: head(case["x"]).numpy()}
 
 
+def compare_greedy(got: dict, want: dict) -> tuple[float, Optional[str]]:
+    """The screened head: its 8-bit logits near the exact ones, its candidates' logits
+    exact, and wherever its rule says the argmax is among the candidates, it is."""
+    exact = want[naming.LOGITS]                                                   # [1, N, V]
+    scale = max(1.0, float(np.abs(exact).max()))
+    if float(np.abs(got[naming.LOGITS] - exact).max()) / scale > INT8_RTOL:
+        return float(np.abs(got[naming.LOGITS] - exact).max()) / scale, naming.LOGITS
+    cand = got[naming.CAND_IDS]
+    err = float(np.abs(np.take_along_axis(exact, cand, axis=-1) - got[naming.CAND_LOGITS]).max()) / scale
+    settled = got[naming.CAND_UPPER][..., -1] < got[naming.CAND_LOGITS].max(axis=-1)        # [1, N]
+    inside = (cand == exact.argmax(axis=-1)[..., None]).any(axis=-1)
+    return err, (naming.CAND_IDS if (settled & ~inside).any() else None)
+
+
 def compare(got: dict, want: dict) -> tuple[float, Optional[str]]:
     """(worst relative error, name of an integer output that differs or None)."""
     worst = 0.0

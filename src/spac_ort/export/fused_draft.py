@@ -23,8 +23,8 @@ from ..manifest import ModelDims, Routing, Scoring
 from .adapters.base import read_attention
 from .checkpoint import WeightStore
 from .config import AttentionSpec, QKNorm, first, rope_theta
-from .fused import (F, I32, I64, INT8_BLOCK, MS, GraphBuilder, as_in_out, attention_nodes, check_supported,
-                    int8_blocks, value_info)
+from .fused import F, I32, I64, MS, GraphBuilder, as_in_out, attention_nodes, check_supported, value_info
+from .fused_head import INT8_BLOCK, int8_blocks
 from .onnx_io import Template
 
 DRAFT_TYPES = ("qwen3", "qwen2", "llama", "mistral")

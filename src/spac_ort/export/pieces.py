@@ -17,7 +17,7 @@ from ..errors import CheckpointError, ParityError
 from ..manifest import ExpertTable, FileEntry, LayerKind, PieceIO
 from ..naming import Graphs, PieceKind
 from ..runtime.sessions import Piece
-from . import fused, fused_check, onnx_io
+from . import fused, fused_check, fused_head, onnx_io
 from .adapters.base import Adapter
 from .modules import Attention, Embed, Head, Router, SwiGLU
 from .weights import AttentionWeights
@@ -118,9 +118,11 @@ class PieceWriter:
             module.eval()
         spec = self.adapter.spec
         d, eps = spec.dims, spec.attention.rms_eps
-        if kind is PieceKind.FINAL:
+        if kind in (PieceKind.FINAL, PieceKind.FINAL_GREEDY):
             head = modules[0]
-            template, weights = fused.final_graph(d, eps, head.w_norm, head.w_lm_head.t(), self.head_quant)
+            template, weights = (fused_head.final_graph(d, eps, head.w_norm, head.w_lm_head.t(), self.head_quant)
+                                 if kind is PieceKind.FINAL else
+                                 fused_head.greedy_graph(d, eps, head.w_norm, head.w_lm_head.t()))
             graph_in, torch_in = fused_check.final_case(d, 5, self.seed)
             want = fused_check.final_reference(head, torch_in)
         else:
@@ -134,6 +136,9 @@ class PieceWriter:
         self.files[naming.data_path(rel)] = written.data
         piece = Piece(self.root / rel)
         got = dict(zip(piece.outputs, piece(*[graph_in[name] for name in piece.inputs])))
+        if kind is PieceKind.FINAL_GREEDY:
+            self._record(rel, *fused_check.compare_greedy(got, want))
+            return
         err, differs = fused_check.compare(got, want)
         if kind is PieceKind.FINAL and self.head_quant == "int8":      # 8-bit weights and activations
             self._record(rel, err, differs, fused_check.INT8_RTOL, track=False)
@@ -177,6 +182,9 @@ class PieceWriter:
         self.write(PieceKind.EMBED, Embed(a.embed()), naming.EMBED)
         if graphs is Graphs.FUSED:
             self.write_fused(PieceKind.FINAL, naming.FINAL, (Head(a.final_norm(), a.lm_head(), eps),))
+            if self.head_quant == "none":
+                self.write_fused(PieceKind.FINAL_GREEDY, naming.FINAL_GREEDY,
+                                 (Head(a.final_norm(), a.lm_head(), eps),))
         else:
             self.write(PieceKind.HEAD, Head(a.final_norm(), a.lm_head(), eps), naming.HEAD)
         width = max(3, len(str(d.num_experts - 1)))

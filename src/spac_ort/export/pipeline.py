@@ -25,7 +25,7 @@ from .. import __version__, naming
 from ..errors import ConfigError, UnsupportedModelError
 from ..manifest import DType, FileEntry, Manifest, sha256_file
 from ..naming import Graphs
-from . import fused, fused_check
+from . import fused, fused_check, fused_head
 from .adapters import adapter_for
 from .adapters.base import Adapter
 from .checkpoint import WeightStore, read_config
@@ -105,8 +105,8 @@ def export_bundle(opts: ExportOptions, progress: Optional[Progress] = None) -> E
     cfg = read_config(model_dir)
     adapter = adapter_for(cfg, WeightStore(model_dir))
     for value in (opts.head_quant, opts.draft_head_quant):
-        if value not in fused.HEAD_QUANT:
-            raise ConfigError(f"unknown head quantization '{value}'; use one of {', '.join(fused.HEAD_QUANT)}")
+        if value not in fused_head.HEAD_QUANT:
+            raise ConfigError(f"unknown head quantization '{value}'; use one of {', '.join(fused_head.HEAD_QUANT)}")
     if graph_variant(opts.graphs, adapter) is not Graphs.FUSED and opts.head_quant != "none":
         raise ConfigError("an 8-bit head needs fused graphs (MatMulNBits is an ONNX Runtime operator); "
                           "export with --graphs fused or without --head-quant")

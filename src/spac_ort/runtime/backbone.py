@@ -54,6 +54,7 @@ class Backbone:
         self.experts = experts
         self.timers = PieceTimers()
         self.observers: list[RoutingObserver] = []
+        self.greedy = False          # only the argmax matters (the fused backbone may screen; here unused)
         self._bundle, self._providers = bundle, providers
         self.embed = self._piece(naming.EMBED, PieceKind.EMBED)
         self.head = self._piece(naming.HEAD, PieceKind.HEAD)

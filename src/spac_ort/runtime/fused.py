@@ -84,7 +84,7 @@ class _Plan:
         self.t = t
         self.ids = np.zeros((1, t), np.int64)
         self.rows = np.zeros(rows, np.int64)
-        self.logits: Optional[np.ndarray] = None
+        self.result: Optional[np.ndarray] = None       # the logits of the last run
         self.arrays: list[np.ndarray] = []
         self.values: list = []
         self.steps: list[tuple[str, Callable[[], Optional[int]]]] = []   # -> ORT calls made (None: 1)
@@ -110,6 +110,9 @@ class FusedBackbone:
         piece = lambda rel, kind: opener(bundle, manifest, rel, kind, providers)   # noqa: E731
         self.embed = piece(naming.EMBED, PieceKind.EMBED)
         self.final = piece(naming.FINAL, PieceKind.FINAL)
+        screened = manifest.head_quant == "none"
+        self.final_greedy = piece(naming.FINAL_GREEDY, PieceKind.FINAL_GREEDY) if screened else None
+        self.greedy = False         # set by the generator: only the argmax of the logits matters
         self.layers: list[Piece] = []
         self.shared: dict[int, Piece] = {}
         self.dense: dict[int, Piece] = {}
@@ -127,7 +130,7 @@ class FusedBackbone:
         self._seqlens = np.zeros(1, np.int32)
         self._total = np.zeros((), np.int32)
         self._lengths = (ortvalue(self._seqlens), ortvalue(self._total))
-        self._plans: dict[tuple[int, bool], _Plan] = {}
+        self._plans: dict[tuple[int, bool, bool], _Plan] = {}
         self._generation = -1
 
     def new_cache(self) -> FusedKV:
@@ -152,7 +155,7 @@ class FusedBackbone:
             add(name, t1 - t0, 1 if calls is None else calls)
             t0 = t1
         cache.length = start + t
-        logits = plan.logits[0].copy()
+        logits = plan.result[0].copy()
         check_finite(logits, "target model", start + t)
         return logits
 
@@ -160,16 +163,16 @@ class FusedBackbone:
         if cache.generation != self._generation:
             self._plans.clear()
             self._generation = cache.generation
-        key = (t, last_only)
+        key = (t, last_only, self.greedy and self.final_greedy is not None)
         plan = self._plans.get(key)
         if plan is None:
-            plan = self._build(t, last_only, cache)
+            plan = self._build(t, last_only, key[2], cache)
             if t <= _CACHED_PLANS:
                 self._plans[key] = plan
         return plan
 
     # ---- bindings --------------------------------------------------------------------------
-    def _build(self, t: int, last_only: bool, cache: FusedKV) -> _Plan:
+    def _build(self, t: int, last_only: bool, screened: bool, cache: FusedKV) -> _Plan:
         d = self.m.dims
         plan = _Plan(t, 1 if last_only else t)
         plan.rows[:] = [t - 1] if last_only else np.arange(t)
@@ -179,11 +182,41 @@ class FusedBackbone:
         ffn, ffn_v = plan.buffer(h)                                  # zeros: no FFN before layer 0
         for layer, kind in enumerate(self.m.layer_kinds):
             hidden, hidden_v, ffn, ffn_v = self._bind_layer(plan, layer, kind, hidden_v, ffn_v, cache)
+        inputs = {naming.HIDDEN: hidden_v, naming.FFN_IN: ffn_v, naming.LOGIT_ROWS: ortvalue(plan.rows)}
         logits, logits_v = plan.buffer((1, plan.rows.size, d.vocab_size))
-        plan.logits = logits
-        self._bind(plan, "head", self.final, {naming.HIDDEN: hidden_v, naming.FFN_IN: ffn_v,
-                                              naming.LOGIT_ROWS: ortvalue(plan.rows)}, {naming.LOGITS: logits_v})
+        plan.result = logits
+        full = self._bind(plan, "head", self.final, inputs, {naming.LOGITS: logits_v}, step=not screened)
+        if screened:
+            self._bind_screen(plan, inputs, full)
         return plan
+
+    def _bind_screen(self, plan: _Plan, inputs: dict, full: Callable[[], None]) -> None:
+        """Greedy decoding over an fp32 head: the 8-bit screen, exact logits for its K best
+        candidates written over the screened ones; the fp32 head where the screen cannot
+        settle the argmax (see export/fused_head.py)."""
+        out = self.final_greedy.session.get_outputs()
+        k = out[1].shape[-1]
+        rows = (1, plan.rows.size)
+        screen, screen_v = plan.buffer((*rows, self.m.dims.vocab_size))
+        upper, upper_v = plan.buffer((*rows, k))
+        ids, ids_v = plan.buffer((*rows, k), np.int64)
+        exact, exact_v = plan.buffer((*rows, k))
+        run = self._bind(plan, "head", self.final_greedy, inputs,
+                         {naming.LOGITS: screen_v, naming.CAND_UPPER: upper_v, naming.CAND_IDS: ids_v,
+                          naming.CAND_LOGITS: exact_v}, step=False)
+        full_logits = plan.result
+
+        def head() -> int:
+            run()
+            if (upper[..., -1] < exact.max(axis=-1)).all():
+                np.put_along_axis(screen, ids, exact, axis=-1)
+                plan.result = screen
+                return 1
+            full()
+            plan.result = full_logits
+            return 2
+
+        plan.steps.append(("head", head))
 
     def _bind(self, plan: _Plan, name: str, piece, inputs: dict, outputs: dict,
               step: bool = True) -> Callable[[], None]:

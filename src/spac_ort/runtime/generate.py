@@ -195,6 +195,7 @@ class Generator:
                   control: Control) -> Iterator[int]:
         bb, draft = self.backbone, self.draft
         k = control.largest                     # 0: plain decoding, the draft is not used
+        bb.greedy = sampling.temperature == 0                      # only argmaxes are read
         recording = bool(self._observers or self.step_observers)   # routing is recorded for them only
         if recording != (self._routing in bb.observers):
             (bb.observers.append if recording else bb.observers.remove)(self._routing)
