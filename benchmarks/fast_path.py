@@ -44,8 +44,9 @@ def export(name: str, options: dict, out_root: Path) -> Path:
 
 
 def piece_costs(gen: Generator, prompt: list[int], steps: int) -> dict:
-    """us per decode token (T=1, plain), per piece kind, a K=4 window (T=5), a draft token."""
+    """us per greedy decode token (T=1, plain), per piece kind, a K=4 window (T=5), a draft token."""
     bb, draft = gen.backbone, gen.draft
+    bb.greedy = True            # as in greedy decoding: the fused fp32 head is screened
     cache = bb.new_cache()
     bb.forward(prompt, cache)
     bb.timers.reset()
