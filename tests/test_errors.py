@@ -169,3 +169,16 @@ def test_no_prompt(demo_bundle):
                                  ["--max-new-tokens", "0"]])
 def test_bad_sampling_options(demo_bundle, opt):
     _fails(run(demo_bundle, "-p", "hi", *opt))
+
+
+def test_graph_variant_the_model_cannot_have(tmp_path):
+    src = build("qwen3_moe", tmp_path / "ckpt")                      # head size 8: no fused attention
+    _fails(export(str(src), "-o", str(tmp_path / "b"), "--graphs", "fused"), "multiple of 16", "--graphs portable")
+    assert not (tmp_path / "b").exists()
+
+
+def test_int8_head_needs_fused_graphs(tmp_path):
+    src = build("qwen3_moe", tmp_path / "ckpt")
+    _fails(export(str(src), "-o", str(tmp_path / "b"), "--graphs", "portable", "--head-quant", "int8"),
+           "needs fused graphs")
+    assert not (tmp_path / "b").exists()
