@@ -1,5 +1,6 @@
 """Fused graphs (``--graphs fused``): one layer's attention and router in one graph on ONNX
-Runtime's fused operators, and the final norm with the head.
+Runtime's fused operators, and the builder every fused graph uses (the final graphs are in
+`fused_head`, the draft's in `fused_draft`).
 
     layer:  SkipSimplifiedLayerNormalization(ffn_in + hidden)  -> x, h
             MatMul(x, [q|k|v]) -> q, k, v  (biases, q/k norms, clipping as the family has them)

@@ -17,7 +17,6 @@ import torch
 
 from .. import naming
 from ..manifest import ModelDims
-from ..naming import PieceKind
 from ..runtime.rope import rope_tables
 
 

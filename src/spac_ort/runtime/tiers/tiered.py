@@ -45,7 +45,8 @@ _PLAN_RANK = {"prefill": 0, "decode": 1, "verify": 2}     # --plan-out keeps the
 
 
 class TieredExperts:
-    needs_groups = True
+    needs_groups = True      # runs each expert on its rows
+
     def __init__(self, bundle: Path, manifest: Manifest, policy: Policy, fast_budget: Optional[int],
                  ram_budget: Optional[int] = None, fast_providers: Sequence[str] = (CPU,),
                  profile: Optional[DeviceProfile] = None, overlap: Optional[bool] = None):
