@@ -70,6 +70,15 @@ class FusedKV:
         self.value_values = [ortvalue(v) for v in values]
         self.generation = next(_BUFFER_SETS)
 
+    def bind(self, binding, layer: int, names: tuple[str, str, str, str]) -> None:
+        """Bind ``layer``'s buffers to ``binding`` as past key/value (inputs) and present
+        key/value (outputs): the same memory, updated in place."""
+        past_k, past_v, present_k, present_v = names
+        binding.bind_ortvalue_input(past_k, self.key_values[layer])
+        binding.bind_ortvalue_input(past_v, self.value_values[layer])
+        binding.bind_ortvalue_output(present_k, self.key_values[layer])
+        binding.bind_ortvalue_output(present_v, self.value_values[layer])
+
     def truncate(self, length: int) -> None:
         """Keep the first ``length`` positions (rollback after rejected draft tokens)."""
         if not 0 <= length <= self.length:
@@ -77,17 +86,28 @@ class FusedKV:
         self.length = length
 
 
-class _Plan:
-    """The buffers and bindings of one window length: ``steps`` run in order."""
+_KV_NAMES = (naming.PAST_KEY, naming.PAST_VALUE, naming.PRESENT_KEY, naming.PRESENT_VALUE)
 
-    def __init__(self, t: int, rows: int):
+
+class _Plan:
+    """The buffers and bindings of one window length: ``steps`` run in order. The KV cache
+    is bound apart (`rebind`), so a plan outlives the cache it was made with."""
+
+    def __init__(self, t: int, rows: int, cache: FusedKV):
         self.t = t
+        self.cache = cache
+        self.kv: list[tuple[object, int]] = []          # (binding, layer) of the layer graphs
         self.ids = np.zeros((1, t), np.int64)
         self.rows = np.zeros(rows, np.int64)
         self.result: Optional[np.ndarray] = None       # the logits of the last run
         self.arrays: list[np.ndarray] = []
         self.values: list = []
         self.steps: list[tuple[str, Callable[[], Optional[int]]]] = []   # -> ORT calls made (None: 1)
+
+    def rebind(self, cache: FusedKV) -> None:
+        for binding, layer in self.kv:
+            cache.bind(binding, layer, _KV_NAMES)
+        self.cache = cache
 
     def buffer(self, shape: tuple[int, ...], dtype=np.float32) -> tuple[np.ndarray, object]:
         arr = np.zeros(shape, dtype)
@@ -160,8 +180,9 @@ class FusedBackbone:
         return logits
 
     def _plan(self, t: int, last_only: bool, cache: FusedKV) -> _Plan:
-        if cache.generation != self._generation:
-            self._plans.clear()
+        if cache.generation != self._generation:           # another cache, or its buffers moved
+            for plan in self._plans.values():
+                plan.rebind(cache)
             self._generation = cache.generation
         key = (t, last_only, self.greedy and self.final_greedy is not None)
         plan = self._plans.get(key)
@@ -174,14 +195,14 @@ class FusedBackbone:
     # ---- bindings --------------------------------------------------------------------------
     def _build(self, t: int, last_only: bool, screened: bool, cache: FusedKV) -> _Plan:
         d = self.m.dims
-        plan = _Plan(t, 1 if last_only else t)
+        plan = _Plan(t, 1 if last_only else t, cache)
         plan.rows[:] = [t - 1] if last_only else np.arange(t)
         h = (1, t, d.hidden_size)
         hidden, hidden_v = plan.buffer(h)
         self._bind(plan, "embed", self.embed, {naming.INPUT_IDS: ortvalue(plan.ids)}, {naming.HIDDEN: hidden_v})
         ffn, ffn_v = plan.buffer(h)                                  # zeros: no FFN before layer 0
         for layer, kind in enumerate(self.m.layer_kinds):
-            hidden, hidden_v, ffn, ffn_v = self._bind_layer(plan, layer, kind, hidden_v, ffn_v, cache)
+            hidden, hidden_v, ffn, ffn_v = self._bind_layer(plan, layer, kind, hidden_v, ffn_v)
         inputs = {naming.HIDDEN: hidden_v, naming.FFN_IN: ffn_v, naming.LOGIT_ROWS: ortvalue(plan.rows)}
         logits, logits_v = plan.buffer((1, plan.rows.size, d.vocab_size))
         plan.result = logits
@@ -209,7 +230,8 @@ class FusedBackbone:
         def head() -> int:
             run()
             if (upper[..., -1] < exact.max(axis=-1)).all():
-                np.put_along_axis(screen, ids, exact, axis=-1)
+                for r in range(screen.shape[1]):
+                    screen[0, r, ids[0, r]] = exact[0, r]
                 plan.result = screen
                 return 1
             full()
@@ -219,11 +241,15 @@ class FusedBackbone:
         plan.steps.append(("head", head))
 
     def _bind(self, plan: _Plan, name: str, piece, inputs: dict, outputs: dict,
-              step: bool = True) -> Callable[[], None]:
-        """Bind ``piece``'s inputs and outputs to these OrtValues; returns the call, which
-        is also appended to the plan's steps under ``name`` unless ``step`` is False."""
+              step: bool = True, kv_layer: Optional[int] = None) -> Callable[[], None]:
+        """Bind ``piece``'s inputs and outputs to these OrtValues (and the plan's KV cache
+        of ``kv_layer``); returns the call, which is also appended to the plan's steps under
+        ``name`` unless ``step`` is False."""
         session = piece.session
         b = session.io_binding()
+        if kv_layer is not None:
+            plan.kv.append((b, kv_layer))
+            plan.cache.bind(b, kv_layer, _KV_NAMES)
         for n, v in inputs.items():
             b.bind_ortvalue_input(n, v)
         for n, v in outputs.items():
@@ -236,20 +262,18 @@ class FusedBackbone:
             plan.steps.append((name, call))
         return call
 
-    def _bind_layer(self, plan: _Plan, layer: int, kind: LayerKind, hidden_v, ffn_v, cache: FusedKV):
+    def _bind_layer(self, plan: _Plan, layer: int, kind: LayerKind, hidden_v, ffn_v):
         d, t = self.m.dims, plan.t
         h = (1, t, d.hidden_size)
         out, out_v = plan.buffer(h)
         normed, normed_v = plan.buffer(h)
         cos_v, sin_v = self._rope[2], self._rope[3]
-        inputs = {naming.HIDDEN: hidden_v, naming.FFN_IN: ffn_v, naming.PAST_KEY: cache.key_values[layer],
-                  naming.PAST_VALUE: cache.value_values[layer], naming.SEQLENS_K: self._lengths[0],
+        inputs = {naming.HIDDEN: hidden_v, naming.FFN_IN: ffn_v, naming.SEQLENS_K: self._lengths[0],
                   naming.TOTAL_LENGTH: self._lengths[1], naming.COS_CACHE: cos_v, naming.SIN_CACHE: sin_v}
-        outputs = {naming.HIDDEN_OUT: out_v, naming.NORMED: normed_v,
-                   naming.PRESENT_KEY: cache.key_values[layer], naming.PRESENT_VALUE: cache.value_values[layer]}
+        outputs = {naming.HIDDEN_OUT: out_v, naming.NORMED: normed_v}
         new_ffn, new_ffn_v = plan.buffer(h)
         if kind is LayerKind.DENSE:
-            self._bind(plan, "attention", self.layers[layer], inputs, outputs)
+            self._bind(plan, "attention", self.layers[layer], inputs, outputs, kv_layer=layer)
             self._bind(plan, "dense_mlp", self.dense[layer], {naming.NORMED: normed_v}, {naming.FFN_OUT: new_ffn_v})
             return out, out_v, new_ffn, new_ffn_v
         a, e = d.top_k, d.num_experts
@@ -257,7 +281,7 @@ class FusedBackbone:
         ids, ids_v = plan.buffer((1, t, a), np.int64)
         _, logits_v = plan.buffer((1, t, e))
         outputs.update({naming.TOPK_WEIGHTS: weights_v, naming.TOPK_IDS: ids_v, naming.ROUTER_LOGITS: logits_v})
-        self._bind(plan, "attention", self.layers[layer], inputs, outputs)
+        self._bind(plan, "attention", self.layers[layer], inputs, outputs, kv_layer=layer)
         plan.steps.append(("observers", lambda: self._observe(layer, ids, weights)))
         routed, routed_v = (plan.buffer(h) if layer in self.shared else (new_ffn, new_ffn_v))
         if isinstance(self.experts, MoEExperts):

@@ -18,6 +18,7 @@ from .sampling import check_finite
 from .sessions import CPU, Piece
 
 _MAX_TABLE = 1 << 17       # rotary table rows (positions) at most
+_KV = (naming.PAST_KEY, naming.PAST_VALUE, naming.PRESENT_KEY, naming.PRESENT_VALUE)
 
 
 class FusedDraft:
@@ -56,8 +57,9 @@ class FusedDraft:
         return out
 
     def _plan(self, t: int, cache: FusedKV) -> "_Plan":
-        if cache.generation != self._generation:
-            self._plans.clear()
+        if cache.generation != self._generation:           # another cache, or its buffers moved
+            for plan in self._plans.values():
+                plan.rebind(cache)
             self._generation = cache.generation
         plan = self._plans.get(t) or _Plan(self, t, cache)
         if t <= 16:                 # draft steps and catch-ups keep their bindings; prompts do not
@@ -76,15 +78,18 @@ class _Plan:
         self.values = [ortvalue(self.input_ids), ortvalue(self.logits)]
         b.bind_ortvalue_input(naming.INPUT_IDS, self.values[0])
         b.bind_ortvalue_output(naming.LOGITS, self.values[1])
-        for i in range(draft.shape.num_layers):
-            for past, present, values in ((naming.PAST_KEY, naming.PRESENT_KEY, cache.key_values),
-                                          (naming.PAST_VALUE, naming.PRESENT_VALUE, cache.value_values)):
-                b.bind_ortvalue_input(naming.fused_draft_cache(i, past), values[i])
-                b.bind_ortvalue_output(naming.fused_draft_cache(i, present), values[i])
+        self._layers = draft.shape.num_layers
+        self.rebind(cache)
         for name, value in zip((naming.SEQLENS_K, naming.TOTAL_LENGTH, naming.COS_CACHE, naming.SIN_CACHE),
                                (*draft.length_values, *draft.tables)):
             b.bind_ortvalue_input(name, value)
         self._run, self._raw = session._sess.run_with_iobinding, b._iobinding
+
+    def rebind(self, cache: FusedKV) -> None:
+        """Bind ``cache``'s buffers as every layer's past and present key/value."""
+        for i in range(self._layers):
+            cache.bind(self.binding, i, tuple(naming.fused_draft_cache(i, n) for n in _KV))
+        self.cache = cache
 
     def run(self) -> None:
         self._run(self._raw, None)
