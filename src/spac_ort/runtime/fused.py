@@ -24,6 +24,7 @@ import numpy as np
 from .. import naming
 from ..manifest import LayerKind, Manifest
 from ..naming import PieceKind
+from .backbone import open_piece
 from .experts import ExpertBackend, MoEExperts
 from .rope import rope_tables
 from .routing import group_by_expert
@@ -119,15 +120,12 @@ class _Plan:
 
 class FusedBackbone:
     def __init__(self, bundle: Path, manifest: Manifest, experts: ExpertBackend,
-                 providers: Sequence[str] = (CPU,), open_piece=None):
-        from .backbone import open_piece as default_open
-
+                 providers: Sequence[str] = (CPU,)):
         self.m = manifest
         self.experts = experts
         self.timers = PieceTimers()
         self.observers: list[RoutingObserver] = []
-        opener = open_piece or default_open
-        piece = lambda rel, kind: opener(bundle, manifest, rel, kind, providers)   # noqa: E731
+        piece = lambda rel, kind: open_piece(bundle, manifest, rel, kind, providers)   # noqa: E731
         self.embed = piece(naming.EMBED, PieceKind.EMBED)
         self.final = piece(naming.FINAL, PieceKind.FINAL)
         screened = manifest.head_quant == "none"
