@@ -201,8 +201,8 @@ def test_fuzzed_manifests_fail_cleanly_or_run(demo_bundle, tmp_path):
 
 # ---- truncated, bit-flipped and corrupt files -----------------------------------------------
 
-GRAPHS = ["embed.onnx", "final.onnx", "layers/000/layer.onnx", "layers/003/layer.onnx", "draft/model.onnx",
-          "layers/000/experts/000.onnx", "layers/002/experts/010.onnx"]
+GRAPHS = ["embed.onnx", "final.onnx", "final_greedy.onnx", "layers/000/layer.onnx", "layers/003/layer.onnx",
+          "draft/model.onnx", "layers/000/experts/000.onnx", "layers/002/experts/010.onnx"]
 
 
 @pytest.mark.parametrize("rel", GRAPHS)
