@@ -64,3 +64,19 @@ def test_screened_head_gives_the_fp32_argmax(demo_bundle):
             bb.greedy = greedy
             out[greedy] = bb.forward(window, cache, last_only=step == 0)
         np.testing.assert_array_equal(out[True].argmax(axis=-1), out[False].argmax(axis=-1))
+
+
+def test_moe_operator_backend_under_portable_graphs(tmp_path):
+    """`--experts moe` with portable graphs runs the MoE operator from the host (log-weight
+    logits, output scaled by the weight sum): the same tokens as the grouped backend."""
+    from spac_ort.export import ExportOptions, export_bundle
+    from spac_ort.models import DEMO_TARGET
+    from spac_ort.runtime import Generator
+
+    bundle = export_bundle(ExportOptions(DEMO_TARGET, tmp_path / "portable", graphs="portable",
+                                         check_model=False)).bundle
+    ids = [0, 17, 923, 4000, 51, 7]
+    grouped = list(Generator.from_bundle(bundle, experts="grouped").generate(ids, max_new_tokens=24))
+    moe = Generator.from_bundle(bundle, experts="moe")
+    assert list(moe.generate(ids, max_new_tokens=24)) == grouped
+    assert moe.experts.calls() > 0
