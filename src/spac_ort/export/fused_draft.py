@@ -24,7 +24,7 @@ from .adapters.base import read_attention
 from .checkpoint import WeightStore
 from .config import AttentionSpec, QKNorm, first, rope_theta
 from .fused import F, I32, I64, MS, GraphBuilder, as_in_out, attention_nodes, check_supported, value_info
-from .fused_head import INT8_BLOCK, int8_blocks
+from .fused_head import INT8_BLOCK, int8_blocks, int8_head
 from .onnx_io import Template
 
 DRAFT_TYPES = ("qwen3", "qwen2", "llama", "mistral")
@@ -91,9 +91,7 @@ def draft_graph(spec: DraftGraphSpec, w: WeightStore, head_quant: str) -> tuple[
            ["x"], MS, epsilon=spec.attention.rms_eps)
     head = w.get("lm_head.weight") if w.has("lm_head.weight") else w.get("model.embed_tokens.weight")
     if head_quant == "int8" and d.hidden_size % INT8_BLOCK == 0:
-        q, scales = int8_blocks(as_in_out(head))
-        g.node("MatMulNBits", ["x", g.weight("w_lm_head_q", q, np.uint8), g.weight("w_lm_head_scales", scales)],
-               [naming.LOGITS], MS, K=d.hidden_size, N=d.vocab_size, bits=8, block_size=INT8_BLOCK, accuracy_level=4)
+        int8_head(g, d, *int8_blocks(as_in_out(head)), naming.LOGITS)
     else:
         g.node("MatMul", ["x", g.weight("w_lm_head", as_in_out(head))], [naming.LOGITS])
     kv, hd = d.num_kv_heads, d.head_dim

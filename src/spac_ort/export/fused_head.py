@@ -46,7 +46,8 @@ def _normed_rows(g: GraphBuilder, eps: float, norm) -> None:
            epsilon=eps)
 
 
-def _int8_head(g: GraphBuilder, d: ModelDims, q: np.ndarray, scales: np.ndarray, out: str) -> None:
+def int8_head(g: GraphBuilder, d: ModelDims, q: np.ndarray, scales: np.ndarray, out: str) -> None:
+    """lm_head as 8-bit MatMulNBits over ``x`` (blocks of `INT8_BLOCK`, accuracy level 4)."""
     g.node("MatMulNBits", ["x", g.weight("w_lm_head_q", q, np.uint8), g.weight("w_lm_head_scales", scales)],
            [out], MS, K=d.hidden_size, N=d.vocab_size, bits=8, block_size=INT8_BLOCK, accuracy_level=4)
 
@@ -65,7 +66,7 @@ def final_graph(d: ModelDims, eps: float, norm, lm_head, head_quant: str = "none
     _normed_rows(g, eps, norm)
     w = as_in_out(lm_head)
     if head_quant == "int8" and d.hidden_size % INT8_BLOCK == 0:
-        _int8_head(g, d, *int8_blocks(w), naming.LOGITS)
+        int8_head(g, d, *int8_blocks(w), naming.LOGITS)
     elif head_quant == "int8":
         raise UnsupportedModelError(f"an 8-bit head needs a hidden size that is a multiple of {INT8_BLOCK} "
                                     f"(this model's is {d.hidden_size}); export without --head-quant")
@@ -86,7 +87,7 @@ def greedy_graph(d: ModelDims, eps: float, norm, lm_head) -> tuple[Template, dic
     _normed_rows(g, eps, norm)
     w = as_in_out(lm_head)                                                   # [H, V]
     q, scales = int8_blocks(w)
-    _int8_head(g, d, q, scales, naming.LOGITS)
+    int8_head(g, d, q, scales, naming.LOGITS)
     blocks = d.hidden_size // INT8_BLOCK
     dequant = (q.astype(np.float32) - 128) * scales.reshape(d.vocab_size, blocks, 1)   # [V, blocks, 32]
     k = min(SCREEN_K, d.vocab_size)

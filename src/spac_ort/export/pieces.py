@@ -181,10 +181,10 @@ class PieceWriter:
         eps = spec.attention.rms_eps
         self.write(PieceKind.EMBED, Embed(a.embed()), naming.EMBED)
         if graphs is Graphs.FUSED:
-            self.write_fused(PieceKind.FINAL, naming.FINAL, (Head(a.final_norm(), a.lm_head(), eps),))
+            head = Head(a.final_norm(), a.lm_head(), eps)
+            self.write_fused(PieceKind.FINAL, naming.FINAL, (head,))
             if self.head_quant == "none":
-                self.write_fused(PieceKind.FINAL_GREEDY, naming.FINAL_GREEDY,
-                                 (Head(a.final_norm(), a.lm_head(), eps),))
+                self.write_fused(PieceKind.FINAL_GREEDY, naming.FINAL_GREEDY, (head,))
         else:
             self.write(PieceKind.HEAD, Head(a.final_norm(), a.lm_head(), eps), naming.HEAD)
         width = max(3, len(str(d.num_experts - 1)))

@@ -107,7 +107,8 @@ def export_bundle(opts: ExportOptions, progress: Optional[Progress] = None) -> E
     for value in (opts.head_quant, opts.draft_head_quant):
         if value not in fused_head.HEAD_QUANT:
             raise ConfigError(f"unknown head quantization '{value}'; use one of {', '.join(fused_head.HEAD_QUANT)}")
-    if graph_variant(opts.graphs, adapter) is not Graphs.FUSED and opts.head_quant != "none":
+    graphs = graph_variant(opts.graphs, adapter)
+    if graphs is not Graphs.FUSED and opts.head_quant != "none":
         raise ConfigError("an 8-bit head needs fused graphs (MatMulNBits is an ONNX Runtime operator); "
                           "export with --graphs fused or without --head-quant")
     if opts.draft_dir is not None:
@@ -115,16 +116,15 @@ def export_bundle(opts: ExportOptions, progress: Optional[Progress] = None) -> E
     check_target(out, opts.force)
     remove_stale_partials(out)
     with DeferredInterrupt() as interrupt:
-        return _export(opts, adapter, model_dir, out, progress, interrupt, start)
+        return _export(opts, adapter, graphs, model_dir, out, progress, interrupt, start)
 
 
-def _export(opts: ExportOptions, adapter, model_dir: Path, out: Path, progress: Optional[Progress],
+def _export(opts: ExportOptions, adapter, graphs: Graphs, model_dir: Path, out: Path, progress: Optional[Progress],
             interrupt: DeferredInterrupt, start: float) -> ExportResult:
     spec = adapter.spec
     tmp = make_temp_dir(out)
     try:
         writer = PieceWriter(tmp, adapter, progress, interrupt.check, head_quant=opts.head_quant)
-        graphs = graph_variant(opts.graphs, adapter)
         io, experts = writer.write_all(graphs)
         tokenizer = None
         if (model_dir / "tokenizer.json").is_file():

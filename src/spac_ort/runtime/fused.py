@@ -8,8 +8,9 @@
                -> final graph: residual + norm + lm_head at the rows asked for -> logits
 
 Every value between calls lives in a numpy buffer wrapped as an OrtValue (no copies); the
-bindings of a window length T are made once and reused (`_Plan`), and rebuilt only when
-the KV buffers grow. A call is then one ``run_with_iobinding``.
+bindings of a window length T are made once and reused (`_Plan`); another KV cache, or
+grown buffers, only rebinds the past/present values. A call is then one
+``run_with_iobinding``.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import numpy as np
 from .. import naming
 from ..manifest import LayerKind, Manifest
 from ..naming import PieceKind
-from .backbone import open_piece
+from .backbone import RoutingObserver, open_piece
 from .experts import ExpertBackend, MoEExperts
 from .rope import rope_tables
 from .routing import group_by_expert
@@ -32,14 +33,30 @@ from .sampling import check_finite
 from .sessions import CPU, Piece, ort
 from .stats import PieceTimers
 
-RoutingObserver = Callable[[int, np.ndarray, np.ndarray], None]
-_CACHED_PLANS = 16      # windows up to this length keep their bindings
+CACHED_PLANS = 16       # windows up to this length keep their bindings
 _BUFFER_SETS = itertools.count(1)
 
 
 def ortvalue(arr: np.ndarray):
-    """An OrtValue over ``arr``'s memory (the array must outlive it)."""
+    """An OrtValue over ``arr``'s memory (it keeps ``arr`` alive)."""
     return ort.OrtValue.ortvalue_from_numpy(arr)
+
+
+class SharedInputs:
+    """The inputs every fused attention graph of a model shares: the cache length after the
+    call (``seqlens_k`` = length - 1, ``total_sequence_length``) and the rotary tables."""
+
+    def __init__(self, rope_theta: float, head_dim: int, positions: int):
+        self._seqlens = np.zeros(1, np.int32)
+        self._total = np.zeros((), np.int32)
+        cos, sin = rope_tables(rope_theta, head_dim, positions)
+        self.values = {naming.SEQLENS_K: ortvalue(self._seqlens), naming.TOTAL_LENGTH: ortvalue(self._total),
+                       naming.COS_CACHE: ortvalue(cos), naming.SIN_CACHE: ortvalue(sin)}
+
+    def set_length(self, length: int) -> None:
+        """The cache holds ``length`` positions once the call is done."""
+        self._seqlens[0] = length - 1
+        self._total[()] = length
 
 
 class FusedKV:
@@ -101,8 +118,7 @@ class _Plan:
         self.ids = np.zeros((1, t), np.int64)
         self.rows = np.zeros(rows, np.int64)
         self.result: Optional[np.ndarray] = None       # the logits of the last run
-        self.arrays: list[np.ndarray] = []
-        self.values: list = []
+        self.values: list = []                         # what the bindings read and write
         self.steps: list[tuple[str, Callable[[], Optional[int]]]] = []   # -> ORT calls made (None: 1)
 
     def rebind(self, cache: FusedKV) -> None:
@@ -113,7 +129,6 @@ class _Plan:
     def buffer(self, shape: tuple[int, ...], dtype=np.float32) -> tuple[np.ndarray, object]:
         arr = np.zeros(shape, dtype)
         value = ortvalue(arr)
-        self.arrays.append(arr)
         self.values.append(value)
         return arr, value
 
@@ -143,11 +158,7 @@ class FusedBackbone:
             elif not moe:
                 self.dense[layer] = piece(naming.layer_piece(PieceKind.DENSE_MLP, layer), PieceKind.DENSE_MLP)
         d = manifest.dims
-        cos, sin = rope_tables(manifest.rope_theta, d.head_dim, d.max_positions)
-        self._rope = (cos, sin, ortvalue(cos), ortvalue(sin))
-        self._seqlens = np.zeros(1, np.int32)
-        self._total = np.zeros((), np.int32)
-        self._lengths = (ortvalue(self._seqlens), ortvalue(self._total))
+        self._shared_inputs = SharedInputs(manifest.rope_theta, d.head_dim, d.max_positions)
         self._plans: dict[tuple[int, bool, bool], _Plan] = {}
         self._generation = -1
 
@@ -163,8 +174,7 @@ class FusedBackbone:
         cache.reserve(start + t)
         plan = self._plan(t, last_only, cache)
         plan.ids[0] = ids
-        self._seqlens[0] = start + t - 1
-        self._total[()] = start + t
+        self._shared_inputs.set_length(start + t)
         add = self.timers.add
         t0 = perf_counter()
         for name, step in plan.steps:
@@ -186,7 +196,7 @@ class FusedBackbone:
         plan = self._plans.get(key)
         if plan is None:
             plan = self._build(t, last_only, key[2], cache)
-            if t <= _CACHED_PLANS:
+            if t <= CACHED_PLANS:
                 self._plans[key] = plan
         return plan
 
@@ -265,9 +275,7 @@ class FusedBackbone:
         h = (1, t, d.hidden_size)
         out, out_v = plan.buffer(h)
         normed, normed_v = plan.buffer(h)
-        cos_v, sin_v = self._rope[2], self._rope[3]
-        inputs = {naming.HIDDEN: hidden_v, naming.FFN_IN: ffn_v, naming.SEQLENS_K: self._lengths[0],
-                  naming.TOTAL_LENGTH: self._lengths[1], naming.COS_CACHE: cos_v, naming.SIN_CACHE: sin_v}
+        inputs = {naming.HIDDEN: hidden_v, naming.FFN_IN: ffn_v, **self._shared_inputs.values}
         outputs = {naming.HIDDEN_OUT: out_v, naming.NORMED: normed_v}
         new_ffn, new_ffn_v = plan.buffer(h)
         if kind is LayerKind.DENSE:

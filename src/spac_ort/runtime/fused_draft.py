@@ -12,8 +12,7 @@ from .. import naming
 from ..errors import BundleError
 from ..manifest import DraftSpec
 from .draft import DraftShape
-from .fused import FusedKV, ortvalue
-from .rope import rope_tables
+from .fused import CACHED_PLANS, FusedKV, SharedInputs, ortvalue
 from .sampling import check_finite
 from .sessions import CPU, Piece
 
@@ -31,10 +30,7 @@ class FusedDraft:
             raise BundleError(f"draft graph {graph} has inputs {list(self.piece.inputs)}, a fused draft takes "
                               f"{list(want)}; re-export the bundle")
         self.shape = DraftShape(n, spec.num_kv_heads, spec.head_dim, spec.vocab_size)
-        self.tables = [ortvalue(t) for t in rope_tables(spec.rope_theta, spec.head_dim,
-                                                          min(spec.max_positions, _MAX_TABLE))]
-        self._lengths = (np.zeros(1, np.int32), np.zeros((), np.int32))
-        self.length_values = [ortvalue(a) for a in self._lengths]
+        self.shared_inputs = SharedInputs(spec.rope_theta, spec.head_dim, min(spec.max_positions, _MAX_TABLE))
         self._plans: dict[int, _Plan] = {}
         self._generation = -1
 
@@ -48,8 +44,7 @@ class FusedDraft:
         cache.reserve(p + t)
         plan = self._plan(t, cache)
         plan.input_ids[0] = ids
-        self._lengths[0][0] = p + t - 1
-        self._lengths[1][()] = p + t
+        self.shared_inputs.set_length(p + t)
         plan.run()
         cache.length = p + t
         out = plan.logits[0, 0].copy()                                               # [V]
@@ -62,7 +57,7 @@ class FusedDraft:
                 plan.rebind(cache)
             self._generation = cache.generation
         plan = self._plans.get(t) or _Plan(self, t, cache)
-        if t <= 16:                 # draft steps and catch-ups keep their bindings; prompts do not
+        if t <= CACHED_PLANS:       # draft steps and catch-ups keep their bindings; prompts do not
             self._plans[t] = plan
         return plan
 
@@ -80,8 +75,7 @@ class _Plan:
         b.bind_ortvalue_output(naming.LOGITS, self.values[1])
         self._layers = draft.shape.num_layers
         self.rebind(cache)
-        for name, value in zip((naming.SEQLENS_K, naming.TOTAL_LENGTH, naming.COS_CACHE, naming.SIN_CACHE),
-                               (*draft.length_values, *draft.tables)):
+        for name, value in draft.shared_inputs.values.items():
             b.bind_ortvalue_input(name, value)
         self._run, self._raw = session._sess.run_with_iobinding, b._iobinding
 
