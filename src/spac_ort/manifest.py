@@ -145,6 +145,7 @@ class Manifest:
     graphs: naming.Graphs = naming.Graphs.PORTABLE
     rope_theta: float = 10000.0       # rotary base: fused graphs take their tables from the runtime
     head_quant: str = "none"          # "int8": the final graph's lm_head is 8-bit
+    chat_template: Optional[str] = None   # the tokenizer's chat template (jinja), if the checkpoint has one
     schema_version: int = SCHEMA_VERSION
     kind: str = MANIFEST_KIND
     draft: Optional[DraftSpec] = field(default=None)
@@ -214,6 +215,8 @@ def parse_manifest(data: Any, path: Path) -> Manifest:
         checks.check_listed(r, "files", graph, files)
     tokenizer = r.get("tokenizer", str, optional=True)
     checks.check_listed(r, "tokenizer", tokenizer, files)
+    template = r.get("chat_template", str, optional=True)
+    checks.check_listed(r, "chat_template", template, files)
     eos = r.get("eos_token_ids", list)
     if not all(isinstance(e, int) and not isinstance(e, bool) and 0 <= e < dims.vocab_size for e in eos):
         raise r.fail("eos_token_ids", f"must be a list of token ids in 0..{dims.vocab_size - 1}")
@@ -223,7 +226,7 @@ def parse_manifest(data: Any, path: Path) -> Manifest:
         opset=r.get("opset", int), io=_io(r.sub("io")), files=files, experts=experts,
         bos_token_id=r.get("bos_token_id", int, optional=True), eos_token_ids=tuple(eos),
         tokenizer=tokenizer, producer=r.get("producer", str), graphs=graphs, rope_theta=checks.rope_theta(r),
-        head_quant=head_quant,
+        head_quant=head_quant, chat_template=template,
         schema_version=version, draft=_draft(r, files),
     )
 

@@ -11,6 +11,7 @@ Bundle layout::
     layers/NNN/dense_mlp.onnx       (dense layers of a mixed model)
     head.onnx                       final norm + lm_head
     tokenizer/tokenizer.json
+    tokenizer/chat_template.jinja   (checkpoints with a chat template)
 
 Bundles exported with fused graphs (``--graphs fused``) replace attention, router and head:
 
@@ -29,6 +30,7 @@ MANIFEST = "spac-manifest.json"
 DATA_SUFFIX = ".data"
 TOKENIZER_DIR = "tokenizer"
 TOKENIZER_FILE = "tokenizer/tokenizer.json"
+CHAT_TEMPLATE_FILE = "tokenizer/chat_template.jinja"
 
 EMBED = "embed.onnx"
 HEAD = "head.onnx"

@@ -9,33 +9,8 @@ from typing import Optional
 
 import click
 
-from ..runtime.experts import BACKENDS
-from ..runtime.sessions import FAST_PROVIDERS
-from ..runtime.spac.policies import POLICIES
-from ..runtime.spac.utility import UtilityMode
-from .common import (Command, Progress, closed_stdout_ends_quietly, setup_logging, sigterm_as_exception, user_errors,
-                     writable_path)
-
-
-class DraftTokens(click.ParamType):
-    """``--draft-tokens``: a number or ``auto``. Anything else is passed on unchanged, and the
-    generator rejects it with a one-line `ConfigError`."""
-
-    name = "INTEGER|auto"
-
-    def get_metavar(self, param, ctx=None):  # type: ignore[no-untyped-def]
-        return "[INTEGER|auto]"
-
-    def convert(self, value, param, ctx):  # type: ignore[no-untyped-def]
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        text = str(value).strip().lower()
-        if text == "auto":
-            return "auto"
-        try:
-            return int(text)
-        except ValueError:
-            return str(value)
+from .common import Command, closed_stdout_ends_quietly, setup_logging, sigterm_as_exception, user_errors, writable_path
+from .placement import DECODE_OPTIONS, load_generator, placement_options
 
 
 @click.command(cls=Command, context_settings={"help_option_names": ["-h", "--help"]})
@@ -48,55 +23,22 @@ class DraftTokens(click.ParamType):
 @click.option("--top-k", default=0, show_default=True, type=int, help="Sample from the k most likely tokens (0 = off).")
 @click.option("--top-p", default=1.0, show_default=True, type=float, help="Nucleus sampling mass (1 = off).")
 @click.option("--seed", type=int, default=None, help="Random seed for sampling (a non-negative integer).")
-@click.option("-k", "--draft-tokens", default="auto", show_default=True, type=DraftTokens(),
-              help="Draft tokens proposed per speculative step, or 'auto': pick K before every step from the "
-                   "measured acceptance and draft/verify times, down to plain decoding where drafting does not pay.")
-@click.option("--no-speculative", is_flag=True, help="Decode one token per target pass (ignore the draft).")
-@click.option("--draft", "draft_dir", type=click.Path(path_type=Path),
-              help="Use this optimum ONNX export directory as the draft instead of the bundle's.")
+@placement_options
 @click.option("--trace", type=click.Path(path_type=Path),
               help="Write a JSONL trace: per target pass, proposed/accepted tokens and per-layer expert counts.")
-@click.option("--experts", "experts_backend", type=click.Choice(BACKENDS), default="auto",
-              show_default=True, help="Without --policy: run a layer's experts in one com.microsoft.MoE call (moe), "
-                                      "one call of standard operators (grouped) or one session per expert "
-                                      "(sessions); auto: moe for bundles with fused graphs, else grouped.")
-@click.option("--policy", type=click.Choice(list(POLICIES)),
-              help="Expert placement over a fast tier and the CPU (default: every expert resident on the CPU, "
-                   "see --experts).")
-@click.option("--fast-budget", help="Fast-tier memory for experts: bytes ('2GiB') or a share of all experts "
-                                    "('17%'). Default: all experts.")
-@click.option("--ram-budget", help="Host memory for expert weights, same units; the rest is read from the bundle "
-                                   "on demand. Default: unlimited.")
-@click.option("--fast-provider", type=click.Choice(FAST_PROVIDERS), default="cpu", show_default=True,
-              help="Execution provider of the fast tier (cpu: a second CPU pool stands in for an accelerator).")
-@click.option("--utility", type=click.Choice([m.value for m in UtilityMode]), default="fixed", show_default=True,
-              help="spac: utility estimator mode.")
-@click.option("--overlap", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
-              help="Copies to the fast tier and the fast lane beside the decode thread (on) or inline (off); auto: "
-                   "on with an accelerator, off with the CPU stand-in.")
-@click.option("--profile", "profile_path", type=click.Path(path_type=Path),
-              help="Device profile JSON for the balancer's cost model.")
 @click.option("--calibrate", "calibrate_out", type=click.Path(path_type=Path),
               help="Measure a device profile for this bundle on this machine, write it as JSON, and exit.")
 @click.option("--plan-out", type=click.Path(path_type=Path),
               help="With --policy: write the last verify (or decode) step's plan graph with its critical path "
                    "(.json or .dot).")
-@click.option("--verify", is_flag=True, help="Check every bundle file's sha256 before loading.")
-@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Intra-op threads of each ONNX Runtime session.")
 @click.option("--json", "as_json", is_flag=True,
               help="Print one JSON object (prompt/generated token ids, text, report) instead of streaming.")
 @click.option("-v", "--verbose", count=True, help="More messages on stderr (-vv: debug).")
 @click.option("-q", "--quiet", is_flag=True, help="No report on stderr.")
 def main(bundle: Path, prompt: Optional[str], prompt_file: Optional[Path], max_new_tokens: int,
-         temperature: float, top_k: int, top_p: float, seed: Optional[int], draft_tokens: int | str,
-         no_speculative: bool, draft_dir: Optional[Path], trace: Optional[Path], experts_backend: str,
-         policy: Optional[str],
-         fast_budget: Optional[str], ram_budget: Optional[str], fast_provider: str, utility: str,
-         overlap: str,
-         profile_path: Optional[Path], calibrate_out: Optional[Path], plan_out: Optional[Path], verify: bool,
-         threads: int, as_json: bool,
-         verbose: int, quiet: bool) -> None:
+         temperature: float, top_k: int, top_p: float, seed: Optional[int], trace: Optional[Path],
+         calibrate_out: Optional[Path], plan_out: Optional[Path], as_json: bool, verbose: int, quiet: bool,
+         **placement) -> None:
     """Generate text from BUNDLE (written by spac-export). Text streams to stdout, the
     report goes to stderr."""
     setup_logging(verbose, quiet)
@@ -107,17 +49,15 @@ def main(bundle: Path, prompt: Optional[str], prompt_file: Optional[Path], max_n
         for path, option in ((trace, "--trace"), (plan_out, "--plan-out"), (calibrate_out, "--calibrate")):
             writable_path(path, option)
         if calibrate_out is not None:
-            return _calibrate(bundle, fast_provider, calibrate_out)
-        if plan_out is not None and policy is None:
+            return _calibrate(bundle, placement["fast_provider"], calibrate_out)
+        if plan_out is not None and placement["policy"] is None:
             raise ConfigError("--plan-out needs a placement policy (--policy); the plain runtime has no plan")
         if plan_out is not None and plan_out.suffix not in (".json", ".dot"):
             raise ConfigError(f"--plan-out {plan_out} must end in .json or .dot")
         text = _read_prompt(prompt, prompt_file)
         sampling = SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
-        gen = _load(bundle, verify=verify, draft=draft_dir, progress=not quiet and not as_json, policy=policy,
-                    fast_budget=fast_budget, ram_budget=ram_budget, profile_path=profile_path,
-                    fast_provider=fast_provider, experts=experts_backend, utility=utility,
-                    overlap=None if overlap == "auto" else overlap == "on", threads=threads)
+        draft_tokens, no_speculative = (placement.pop(name) for name in DECODE_OPTIONS)
+        gen = load_generator(bundle, progress=not quiet and not as_json, **placement)
         with gen:
             ids = gen.encode(text)
             tokens = gen.generate(ids, max_new_tokens=max_new_tokens, sampling=sampling, draft_tokens=draft_tokens,
@@ -160,31 +100,6 @@ def _read_prompt(prompt: Optional[str], prompt_file: Optional[Path]) -> str:
     if prompt is None:
         raise PromptError("no prompt given; pass --prompt TEXT or --prompt-file FILE")
     return prompt
-
-
-def _load(bundle: Path, *, progress: bool, policy: Optional[str], profile_path: Optional[Path], fast_provider: str,
-          utility: str, fast_budget: Optional[str], ram_budget: Optional[str], overlap: Optional[bool],
-          **options):  # type: ignore[no-untyped-def]
-    from ..errors import ConfigError
-    from ..profile import DeviceProfile
-    from ..runtime import Generator
-    from ..runtime.config import TierConfig
-    from ..runtime.sessions import fast_providers
-    from ..runtime.spac.policies import SpacOptions
-    from ..runtime.spac.utility import UtilityConfig
-
-    tiers = None
-    if policy is not None:
-        tiers = TierConfig(policy, fast_budget, ram_budget, fast_providers(fast_provider),
-                           DeviceProfile.load(profile_path) if profile_path else None,
-                           SpacOptions(utility=UtilityConfig.for_mode(utility)), overlap)
-    elif fast_budget is not None or ram_budget is not None:
-        raise ConfigError("memory budgets need a placement policy; pass --policy (e.g. spac)")
-    bar = Progress(enabled=progress)
-    try:
-        return Generator.from_bundle(bundle, progress=bar, tiers=tiers, **options)
-    finally:
-        bar.close()
 
 
 def _trace_writer(path: Optional[Path]):  # type: ignore[no-untyped-def]

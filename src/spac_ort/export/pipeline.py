@@ -23,7 +23,7 @@ from typing import Callable, Optional
 
 from .. import __version__, naming
 from ..errors import ConfigError, UnsupportedModelError
-from ..manifest import DType, FileEntry, Manifest, sha256_file
+from ..manifest import DType, Manifest
 from ..naming import Graphs
 from . import fused, fused_check, fused_head
 from .adapters import adapter_for
@@ -34,6 +34,7 @@ from .install import check_target, install, make_temp_dir, open_modes, remove_st
 from .interrupt import DeferredInterrupt
 from .onnx_io import OPSET
 from .pieces import PieceWriter
+from .tokenizer_files import copy_tokenizer
 from .verify import MODEL_RTOL, check_model
 
 log = logging.getLogger(__name__)
@@ -126,15 +127,8 @@ def _export(opts: ExportOptions, adapter, graphs: Graphs, model_dir: Path, out: 
     try:
         writer = PieceWriter(tmp, adapter, progress, interrupt.check, head_quant=opts.head_quant)
         io, experts = writer.write_all(graphs)
-        tokenizer = None
-        if (model_dir / "tokenizer.json").is_file():
-            (tmp / naming.TOKENIZER_DIR).mkdir()
-            shutil.copyfile(model_dir / "tokenizer.json", tmp / naming.TOKENIZER_FILE)
-            tokenizer = naming.TOKENIZER_FILE
-            p = tmp / naming.TOKENIZER_FILE
-            writer.files[tokenizer] = FileEntry(p.stat().st_size, sha256_file(p))
-        else:
-            log.warning("%s has no tokenizer.json; the bundle will take token ids only", model_dir)
+        tokenizer, template, tokenizer_files = copy_tokenizer(model_dir, tmp)
+        writer.files.update(tokenizer_files)
         draft = None
         if opts.draft_dir is not None:
             if progress:
@@ -150,7 +144,7 @@ def _export(opts: ExportOptions, adapter, graphs: Graphs, model_dir: Path, out: 
             layer_kinds=spec.layer_kinds, dtype=DType.FLOAT32, opset=OPSET, io=io, files=dict(writer.files),
             experts=experts, bos_token_id=spec.bos_token_id, eos_token_ids=_eos_ids(model_dir, spec.eos_token_ids),
             tokenizer=tokenizer, producer=f"spac-ort {__version__}", draft=draft, graphs=graphs,
-            rope_theta=spec.attention.rope_theta, head_quant=opts.head_quant,
+            rope_theta=spec.attention.rope_theta, head_quant=opts.head_quant, chat_template=template,
         )
         (tmp / naming.MANIFEST).write_text(manifest.to_json(), encoding="utf-8")
         model_error = 0.0

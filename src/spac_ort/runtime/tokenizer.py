@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 from tokenizers import Tokenizer as _HFTokenizer
 from tokenizers.decoders import DecodeStream
@@ -17,8 +18,14 @@ class Tokenizer:
         except Exception as exc:
             raise BundleError(f"cannot read tokenizer {path} ({exc}); re-export the bundle") from None
 
-    def encode(self, text: str) -> list[int]:
-        return list(self._tok.encode(text, add_special_tokens=True).ids)
+    def encode(self, text: str, special: bool = True) -> list[int]:
+        """Token ids of ``text``; ``special``: with the tokenizer's added special tokens
+        (a BOS, for tokenizers that add one). A rendered chat template has its own."""
+        return list(self._tok.encode(text, add_special_tokens=special).ids)
+
+    def token_text(self, token: Optional[int]) -> str:
+        """The text of one token id ("" for None or an unknown id)."""
+        return (self._tok.id_to_token(token) or "") if token is not None else ""
 
     def decode(self, ids: list[int]) -> str:
         return self._tok.decode(ids, skip_special_tokens=True)
