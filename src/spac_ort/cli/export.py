@@ -40,10 +40,19 @@ def main() -> None:
                    "less to read per token; greedy output can differ from fp32's.")
 @click.option("--skip-model-check", is_flag=True,
               help="Skip the whole-model parity check against transformers (pieces are still checked).")
+@click.option("--synthetic", type=click.Choice(["qwen3-30b-a3b", "tiny"]),
+              help="Instead of MODEL_DIR: random weights with this model's dimensions (and a random dense draft "
+                   "with its draft's), for measuring speed at real size; drive it with a replay tape.")
+@click.option("--layers", type=click.IntRange(min=1), default=2, show_default=True,
+              help="--synthetic: MoE layers of the target.")
+@click.option("--draft-layers", type=click.IntRange(min=1), help="--synthetic: layers of the draft (default: "
+                                                                 "its model's).")
+@click.option("--seed", type=int, default=0, show_default=True, help="--synthetic: random seed of the weights.")
 @click.option("-v", "--verbose", count=True)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars or summary.")
 def export_cmd(model_dir: Optional[Path], out: Path, draft_dir: Optional[Path], force: bool, graphs: str,
-               head_quant: str, skip_model_check: bool, verbose: int, quiet: bool) -> None:
+               head_quant: str, skip_model_check: bool, synthetic: Optional[str], layers: int,
+               draft_layers: Optional[int], seed: int, verbose: int, quiet: bool) -> None:
     """Export MODEL_DIR (default: the embedded demo model) into the bundle -o BUNDLE_DIR.
 
     Supported: qwen3_moe, qwen2_moe, mixtral, olmoe, deepseek_v2, deepseek_v3. Also: `spac-export inspect BUNDLE_DIR`.
@@ -59,14 +68,21 @@ def export_cmd(model_dir: Optional[Path], out: Path, draft_dir: Optional[Path], 
                 "install it with: pip install 'spac-ort[export]'") from None
         from ..models import DEMO_DRAFT, DEMO_TARGET
 
-        if model_dir is None:
+        if model_dir is None and synthetic is None:
             model_dir, draft_dir = DEMO_TARGET, draft_dir or DEMO_DRAFT
-
         progress = Progress(enabled=not quiet)
+        if synthetic is not None and (model_dir is not None or draft_dir is not None):
+            from ..errors import ConfigError
+            raise ConfigError("--synthetic builds its own target and draft; drop MODEL_DIR and --draft")
         try:
-            result = export_bundle(ExportOptions(model_dir, out, force=force, check_model=not skip_model_check,
-                                                 draft_dir=draft_dir, graphs=graphs,
-                                                 head_quant=head_quant), progress)
+            if synthetic is not None:
+                from ..export.synthetic import export_synthetic
+                result = export_synthetic(synthetic, out, layers, draft_layers, seed, progress, force=force,
+                                          graphs=graphs, head_quant=head_quant)
+            else:
+                result = export_bundle(ExportOptions(model_dir, out, force=force, check_model=not skip_model_check,
+                                                     draft_dir=draft_dir, graphs=graphs, head_quant=head_quant),
+                                       progress)
         finally:
             progress.close()
         if not quiet:

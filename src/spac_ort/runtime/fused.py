@@ -146,6 +146,7 @@ class FusedBackbone:
         screened = manifest.head_quant == "none"
         self.final_greedy = piece(naming.FINAL_GREEDY, PieceKind.FINAL_GREEDY) if screened else None
         self.greedy = False         # set by the generator: only the argmax of the logits matters
+        self.replay = None          # a runtime.tape.Replay: routing and tokens from a recorded run
         self.layers: list[Piece] = []
         self.shared: dict[int, Piece] = {}
         self.dense: dict[int, Piece] = {}
@@ -170,7 +171,7 @@ class FusedBackbone:
     def forward(self, ids: Sequence[int], cache: FusedKV, last_only: bool = True) -> np.ndarray:
         """Run T new tokens; returns logits [T, V] (or [1, V] with ``last_only``)."""
         t = len(ids)
-        start = cache.length
+        start = self._start = cache.length
         cache.reserve(start + t)
         plan = self._plan(t, last_only, cache)
         plan.ids[0] = ids
@@ -185,6 +186,8 @@ class FusedBackbone:
         cache.length = start + t
         logits = plan.result[0].copy()
         check_finite(logits, "target model", start + t)
+        if self.replay is not None:
+            self.replay.target(logits, start, t, last_only)
         return logits
 
     def _plan(self, t: int, last_only: bool, cache: FusedKV) -> _Plan:
@@ -285,10 +288,10 @@ class FusedBackbone:
         a, e = d.top_k, d.num_experts
         weights, weights_v = plan.buffer((1, t, a))
         ids, ids_v = plan.buffer((1, t, a), np.int64)
-        _, logits_v = plan.buffer((1, t, e))
+        logits, logits_v = plan.buffer((1, t, e))
         outputs.update({naming.TOPK_WEIGHTS: weights_v, naming.TOPK_IDS: ids_v, naming.ROUTER_LOGITS: logits_v})
         self._bind(plan, "attention", self.layers[layer], inputs, outputs, kv_layer=layer)
-        plan.steps.append(("observers", lambda: self._observe(layer, ids, weights)))
+        plan.steps.append(("observers", lambda: self._observe(layer, ids, weights, logits)))
         routed, routed_v = (plan.buffer(h) if layer in self.shared else (new_ffn, new_ffn_v))
         if isinstance(self.experts, MoEExperts):
             gate_up, down = self.experts.layer_weights(layer)
@@ -305,7 +308,9 @@ class FusedBackbone:
             plan.steps.append(("add_shared", lambda: (np.add(routed, shared, out=new_ffn), 0)[1]))
         return out, out_v, new_ffn, new_ffn_v
 
-    def _observe(self, layer: int, ids: np.ndarray, weights: np.ndarray) -> int:
+    def _observe(self, layer: int, ids: np.ndarray, weights: np.ndarray, logits: np.ndarray) -> int:
+        if self.replay is not None:
+            self.replay.route(layer, self._start, ids[0], weights[0], logits[0])
         if self.observers:
             i, w = ids[0].copy(), weights[0].copy()          # observers may keep them
             for observe in self.observers:

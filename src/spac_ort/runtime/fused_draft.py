@@ -33,6 +33,7 @@ class FusedDraft:
         self.shared_inputs = SharedInputs(spec.rope_theta, spec.head_dim, min(spec.max_positions, _MAX_TABLE))
         self._plans: dict[int, _Plan] = {}
         self._generation = -1
+        self.replay = None          # a runtime.tape.Replay: the draft's proposals from a recorded run
 
     def new_cache(self) -> FusedKV:
         s = self.shape
@@ -49,6 +50,8 @@ class FusedDraft:
         cache.length = p + t
         out = plan.logits[0, 0].copy()                                               # [V]
         check_finite(out, "draft model", p + t)
+        if self.replay is not None:
+            self.replay.draft(out, p + t)
         return out
 
     def _plan(self, t: int, cache: FusedKV) -> "_Plan":
