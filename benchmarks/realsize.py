@@ -64,7 +64,7 @@ def _policy_run(bundle: Path, policy: str, tapes: list, args: argparse.Namespace
     t0 = time.perf_counter()
     gen = _generator(bundle, policy, args)
     load_s = time.perf_counter() - t0
-    rows, same = [], 0
+    rows, same, pieces = [], 0, {}
     with gen:
         for i, tape in enumerate([tapes[0], *tapes]):
             Replay(tape, gen.manifest).attach(gen)
@@ -75,6 +75,8 @@ def _policy_run(bundle: Path, policy: str, tapes: list, args: argparse.Namespace
             r = gen.report
             same += out == list(tape.tokens)
             tiers = r.tiers or {}
+            for piece, seconds in r.piece_seconds.items():
+                pieces[piece] = pieces.get(piece, 0.0) + seconds
             rows.append({"domain": tape.domain, "tokens_per_s": r.tokens_per_second, "hit_rate": tiers.get("hit_rate"),
                          "mb_to_fast_per_token": tiers.get("bytes_to_fast_per_token", 0.0) / 1e6,
                          "accepted_per_window": r.mean_accepted, "speculative": r.speculative,
@@ -85,7 +87,9 @@ def _policy_run(bundle: Path, policy: str, tapes: list, args: argparse.Namespace
             "tokens_per_s": tokens / sum(r["decode_s"] for r in rows),
             "hit_rate": statistics.mean(hits) if hits else None,
             "accepted_per_window": statistics.mean(r["accepted_per_window"] for r in rows),
-            "mb_to_fast_per_token": statistics.mean(r["mb_to_fast_per_token"] for r in rows), "per_tape": rows}
+            "mb_to_fast_per_token": statistics.mean(r["mb_to_fast_per_token"] for r in rows),
+            "ms_per_token_by_piece": {k: v * 1e3 / tokens for k, v in sorted(pieces.items(), key=lambda kv: -kv[1])},
+            "per_tape": rows}
 
 
 def run_cmd(args: argparse.Namespace) -> None:
@@ -117,6 +121,9 @@ def run_cmd(args: argparse.Namespace) -> None:
            "spac_vs_resident": _ratio(rate.get("spac"), rate.get("resident"))}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=1) + "\n")
+    for p, r in results.items():
+        split = ", ".join(f"{k} {v:.1f}" for k, v in r["ms_per_token_by_piece"].items())
+        print(f"{p}: ms per token: {split}")
     print(f"wrote {args.out}")
 
 
