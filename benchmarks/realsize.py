@@ -51,10 +51,11 @@ def _generator(bundle: Path, policy: str, args: argparse.Namespace):  # type: ig
     from spac_ort.runtime.config import TierConfig
     from spac_ort.runtime.sessions import fast_providers
 
+    providers = fast_providers(args.backbone_provider)      # embed, layer graphs, head, draft
     if policy == "none":
-        return Generator.from_bundle(bundle, threads=args.threads)
+        return Generator.from_bundle(bundle, threads=args.threads, providers=providers)
     budget = None if policy == "resident" else args.fast_budget
-    return Generator.from_bundle(bundle, threads=args.threads,
+    return Generator.from_bundle(bundle, threads=args.threads, providers=providers,
                                  tiers=TierConfig(policy, budget, None, fast_providers(args.fast_provider)))
 
 
@@ -114,7 +115,7 @@ def run_cmd(args: argparse.Namespace) -> None:
                  "MB to fast/token", "tapes reproduced"], rows))
     out = {"machine": machine(), "bundle": str(args.bundle), "layers": m.dims.num_layers,
            "hidden": m.dims.hidden_size, "experts": m.dims.num_experts, "expert_intermediate": m.dims.expert_intermediate,
-           "fast_provider": args.fast_provider, "fast_budget": args.fast_budget, "draft_tokens": args.draft_tokens,
+           "fast_provider": args.fast_provider, "backbone_provider": args.backbone_provider, "fast_budget": args.fast_budget, "draft_tokens": args.draft_tokens,
            "threads": args.threads, "tapes": len(tapes), "results": results,
            "spac_vs_sd_static": _ratio(rate.get("spac"), rate.get("sd-static")),
            "spac_vs_baseline_mean": _ratio(rate.get("spac"), mean_base),
@@ -150,6 +151,8 @@ def main() -> None:
     run.add_argument("--policies", nargs="+", default=list(POLICIES))
     run.add_argument("--fast-provider", default="cpu")
     run.add_argument("--fast-budget", default="17%")
+    run.add_argument("--backbone-provider", default="cpu", help="cpu, or cuda: ONNX Runtime places each node of "
+                                                                "the non-expert graphs on CUDA where it has a kernel")
     run.add_argument("--draft-tokens", type=_draft_tokens, default=4)
     run.add_argument("--threads", type=int, default=1)
     run.add_argument("--out", type=Path, default=ROOT / "docs" / "results" / "realsize_cpu.json")
