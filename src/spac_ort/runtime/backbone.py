@@ -47,14 +47,22 @@ def open_piece(bundle: Path, manifest: Manifest, rel: str, kind: PieceKind, prov
     return piece
 
 
-class Backbone:
-    def __init__(self, bundle: Path, manifest: Manifest, experts: ExpertBackend,
-                 providers: Sequence[str] = (CPU,)):
+class BackboneState:
+    """What every target backbone holds: the manifest, the expert backend, timers, routing
+    observers, and ``greedy`` (set by the generator: only the argmax of the logits matters)."""
+
+    def __init__(self, manifest: Manifest, experts: ExpertBackend):
         self.m = manifest
         self.experts = experts
         self.timers = PieceTimers()
         self.observers: list[RoutingObserver] = []
-        self.greedy = False          # only the argmax matters (the fused backbone may screen; here unused)
+        self.greedy = False
+
+
+class Backbone(BackboneState):
+    def __init__(self, bundle: Path, manifest: Manifest, experts: ExpertBackend,
+                 providers: Sequence[str] = (CPU,)):
+        super().__init__(manifest, experts)      # greedy is unused here (the fused backbone screens)
         self._bundle, self._providers = bundle, providers
         self.embed = self._piece(naming.EMBED, PieceKind.EMBED)
         self.head = self._piece(naming.HEAD, PieceKind.HEAD)

@@ -25,13 +25,12 @@ import numpy as np
 from .. import naming
 from ..manifest import LayerKind, Manifest
 from ..naming import PieceKind
-from .backbone import RoutingObserver, open_piece
+from .backbone import BackboneState, open_piece
 from .experts import ExpertBackend, MoEExperts
 from .rope import rope_tables
 from .routing import group_by_expert
 from .sampling import check_finite
 from .sessions import CPU, Piece, ort
-from .stats import PieceTimers
 
 CACHED_PLANS = 16       # windows up to this length keep their bindings
 _BUFFER_SETS = itertools.count(1)
@@ -133,19 +132,15 @@ class _Plan:
         return arr, value
 
 
-class FusedBackbone:
+class FusedBackbone(BackboneState):
     def __init__(self, bundle: Path, manifest: Manifest, experts: ExpertBackend,
                  providers: Sequence[str] = (CPU,)):
-        self.m = manifest
-        self.experts = experts
-        self.timers = PieceTimers()
-        self.observers: list[RoutingObserver] = []
+        super().__init__(manifest, experts)
         piece = lambda rel, kind: open_piece(bundle, manifest, rel, kind, providers)   # noqa: E731
         self.embed = piece(naming.EMBED, PieceKind.EMBED)
         self.final = piece(naming.FINAL, PieceKind.FINAL)
         screened = manifest.head_quant == "none"
         self.final_greedy = piece(naming.FINAL_GREEDY, PieceKind.FINAL_GREEDY) if screened else None
-        self.greedy = False         # set by the generator: only the argmax of the logits matters
         self.replay = None          # a runtime.tape.Replay: routing and tokens from a recorded run
         self.layers: list[Piece] = []
         self.shared: dict[int, Piece] = {}

@@ -14,8 +14,8 @@ from typing import Any, Optional, Union
 DEFAULT_COMPLETION_TOKENS = 16      # OpenAI's default max_tokens for /v1/completions
 MAX_STOPS = 4
 
-# accepted and ignored (they do not change greedy or sampled output here)
-_IGNORED = {"model", "user", "stream_options", "prompt", "messages", "stream", "max_tokens", "max_completion_tokens",
+# every field read here, plus "user", "metadata", "store": accepted, without effect on the output
+_KNOWN = {"model", "user", "stream_options", "prompt", "messages", "stream", "max_tokens", "max_completion_tokens",
             "temperature", "top_p", "seed", "stop", "n", "return_token_ids", "metadata", "store"}
 # accepted only at their neutral value
 _NEUTRAL: dict[str, Any] = {"presence_penalty": 0, "frequency_penalty": 0, "best_of": 1, "echo": False,
@@ -106,7 +106,7 @@ def _common(body: Any, served: str) -> dict[str, Any]:
     for key, neutral in _NEUTRAL.items():
         if body.get(key, neutral) not in (neutral, None):
             raise RequestError(400, f"'{key}' is not supported by this server; leave it out", key)
-    unknown = sorted(set(body) - _IGNORED - set(_NEUTRAL))
+    unknown = sorted(set(body) - _KNOWN - set(_NEUTRAL))
     if unknown:
         raise RequestError(400, f"unknown field '{unknown[0]}'", unknown[0])
     if _integer(body, "n", 1) not in (None, 1):
