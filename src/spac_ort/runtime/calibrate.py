@@ -1,5 +1,5 @@
-"""Measure a `DeviceProfile` for a bundle on this machine: expert call time against
-tokens on the fast tier and on the CPU, and the host-to-fast-tier copy bandwidth."""
+"""Measure a `DeviceProfile` for a bundle on this machine: the time of a lane call of one
+expert against tokens on the fast tier and on the CPU, and the host-to-fast-tier copy bandwidth."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import numpy as np
 
 from ..manifest import load_manifest
 from ..profile import DeviceProfile
-from .tiers.pools import HostPool, SlotPool
+from .tiers.pools import ExpertStack, SlotPool, interleaved
 from .sessions import CPU
 from .tiers.store import ExpertStore
 
@@ -38,18 +38,20 @@ def calibrate(bundle: Path, fast_providers: Sequence[str] = (CPU,), repeats: int
     d = m.dims
     store = ExpertStore(bundle, m)
     layer = m.moe_layers()[0]
-    weights = store.get(layer, 0)
-    fast = SlotPool(1, d.hidden_size, d.expert_intermediate, fast_providers)
-    host = HostPool(d.hidden_size, d.expert_intermediate)
+    weights = interleaved(*store.get(layer, 0))
+    fast = SlotPool(1, d.hidden_size, d.expert_intermediate, 1, fast_providers)
+    host = ExpertStack(1, d.hidden_size, d.expert_intermediate, 1)
     fast.load(0, weights)
+    host.write(0, *weights)
     rng = np.random.default_rng(0)
     fast_t, slow_t = [], []
     for t in tokens:
         x = rng.standard_normal((1, t, d.hidden_size)).astype(np.float32)
-        fast.run(0, x)
-        host.run(x, weights)                                   # warm up
-        fast_t.append(_median_time(lambda: fast.run(0, x), repeats))
-        slow_t.append(_median_time(lambda: host.run(x, weights), repeats))
+        index, w = np.zeros((t, 1), np.int64), np.ones((t, 1), np.float32)
+        fast.run(x, index, w)
+        host.run(x, index, w)                                  # warm up
+        fast_t.append(_median_time(lambda: fast.run(x, index, w), repeats))
+        slow_t.append(_median_time(lambda: host.run(x, index, w), repeats))
     copy = _median_time(lambda: fast.load(0, weights), repeats)
     nbytes = sum(w.nbytes for w in weights)
     ff, fp = _line(tokens, fast_t)

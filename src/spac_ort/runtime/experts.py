@@ -20,6 +20,7 @@ from ..manifest import Manifest
 from .graphs import grouped_swiglu_graph, moe_graph
 from .routing import ExpertGroup, combine
 from .sessions import CPU, Piece, ort, session_options
+from .tiers.pools import interleaved
 from .tiers.store import ExpertStore
 
 log = logging.getLogger(__name__)
@@ -145,15 +146,6 @@ class GroupedExperts(ResidentBackend):
 
     def calls(self) -> int:
         return self._calls
-
-
-def interleaved(w_gate: np.ndarray, w_up: np.ndarray, w_down: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """An expert's weights as com.microsoft.MoE takes them: gate/up [2I, H] with row 2i the
-    gate's column i and row 2i+1 the up projection's, down [H, I]."""
-    inter, hidden = w_gate.shape[1], w_gate.shape[0]
-    gate_up = np.empty((2 * inter, hidden), dtype=np.float32)
-    gate_up[0::2], gate_up[1::2] = w_gate.T, w_up.T
-    return gate_up, np.ascontiguousarray(w_down.T)
 
 
 class MoEExperts(ResidentBackend):

@@ -117,3 +117,14 @@ def moe_graph(hidden: int, inter: int, num_experts: int, top_k: int, normalize: 
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)],
                               ir_version=8)
     return model.SerializeToString()
+
+
+def copy_graph(n: int) -> bytes:
+    """``n`` flat float arrays copied through: dst_i = src_i. Bound with each output at an
+    address inside a device buffer, one run writes host arrays there."""
+    f = TensorProto.FLOAT
+    vi = helper.make_tensor_value_info
+    graph = helper.make_graph([helper.make_node("Identity", [f"src{i}"], [f"dst{i}"]) for i in range(n)], "copy",
+                              [vi(f"src{i}", f, ["N"]) for i in range(n)], [vi(f"dst{i}", f, ["N"]) for i in range(n)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    return model.SerializeToString()

@@ -1,5 +1,6 @@
 """The tiered engine under random routing, random budgets and many steps: outputs equal
-the CPU-only reference bit for bit, and the slot table stays consistent."""
+the CPU-only reference (to fp32 rounding: the lanes add experts in another order), and
+the slot table stays consistent."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from spac_ort.runtime.routing import group_by_expert
 from spac_ort.runtime.sensor import StepRecord
 from spac_ort.runtime.spac.policies import SpacOptions, make_policy
 from spac_ort.runtime.spac.utility import UtilityConfig
+from spac_ort.runtime.tiers.pools import interleaved
 from spac_ort.runtime.tiers.slots import SlotState, SlotTable
 from spac_ort.runtime.tiers.tiered import TieredExperts
 
@@ -46,7 +48,9 @@ def test_stress_random_routing(demo_bundle, policy, sync):
                     groups = group_by_expert(ids, w)
                     got = eng.run_layer(layer, x, groups)
                     want = ref.run_layer(layer, x, groups)
-                    assert np.array_equal(got, want), f"trial {trial} step {step} layer {layer}"
+                    # the lanes sum their experts in another order than the CPU-only run: fp32 rounding
+                    np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-6,
+                                               err_msg=f"trial {trial} step {step} layer {layer}")
                     counts[layer] = np.bincount(ids.ravel(), minlength=d.num_experts)
                 eng.on_step(StepRecord(step, "verify", t, (), 0, (), counts, {}, {}))
                 eng.table.check()
@@ -59,8 +63,8 @@ def test_stress_random_routing(demo_bundle, policy, sync):
             # every READY slot holds the weights of the expert the table says
             for i, slot in enumerate(eng.table.slots):
                 if slot.state is SlotState.READY:
-                    for buf, w in zip(eng.fast.buffers[i], eng.store.get(*slot.key)):
-                        assert np.array_equal(buf.numpy(), w)
+                    for got, w in zip(eng.fast.weights(i), interleaved(*eng.store.read(*slot.key))):
+                        assert np.array_equal(got, w)
         finally:
             eng.close()
 
@@ -106,7 +110,8 @@ def test_ram_budget_reads_from_storage(demo_bundle):
         ids = np.stack([rng.choice(64, 4, replace=False) for _ in range(3)])
         w = rng.random((3, 4)).astype(np.float32)
         x = rng.standard_normal((1, 3, 192)).astype(np.float32)
-        assert np.array_equal(eng.run_layer(1, x, group_by_expert(ids, w)), ref.run_layer(1, x, group_by_expert(ids, w)))
+        np.testing.assert_allclose(eng.run_layer(1, x, group_by_expert(ids, w)),
+                                   ref.run_layer(1, x, group_by_expert(ids, w)), rtol=2e-5, atol=2e-6)
     assert eng.store.resident_bytes() <= 8 * m.experts.data_size
     assert eng.store.counters.storage_reads > 64
 

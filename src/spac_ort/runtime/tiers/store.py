@@ -107,6 +107,14 @@ class ExpertStore:
         return tuple(np.frombuffer(raw, dtype=np.float32, count=s.length // 4, offset=s.offset).reshape(s.shape)
                      for s in self.layout)
 
+    def read(self, layer: int, expert: int) -> tuple[np.ndarray, ...]:
+        """The expert's weights from storage, not kept (for a caller that keeps its own copy)."""
+        arrays = self._read((layer, expert))
+        with self._lock:
+            self.counters.storage_reads += 1
+            self.counters.storage_bytes += self.expert_bytes
+        return arrays
+
     def get(self, layer: int, expert: int) -> tuple[np.ndarray, ...]:
         key = (layer, expert)
         with self._lock:

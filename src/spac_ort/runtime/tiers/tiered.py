@@ -4,9 +4,9 @@ Per MoE layer pass:
 
     demand (experts, tokens, resident?, rank) --policy.assign--> fast / slow / fetch
     pin resident fast experts; claim (pinned) slots for on-demand fetches
-    fast lane:  [fetch e..] -> fast runs     (on the tier's executor)  \
-    slow lane:  CPU runs from host memory    (inline)                   -> combine
-    unpin                                                                  (ascending expert id)
+    fast lane:  [fetch e..] -> one MoE call over the slots   (on the tier's executor)  \
+    slow lane:  one MoE call over the layer's host stack     (inline)                   -> sum
+    unpin
 
 After each target pass (`on_step`, a step observer) the policy observes the record and
 returns its next state, a prefetch order and a ranking; the step plan orders the
@@ -34,7 +34,7 @@ from ..spac.balancer import Assignment, LayerDemand
 from ..spac.policies import Policy, TierView
 from .counters import TierCounters
 from .plan import StepPlan
-from .pools import HostPool, SlotPool
+from .pools import HostPool, HostStacks, SlotPool, interleaved, lane_index
 from .prefetch import Prefetcher
 from .slots import SlotTable
 from .store import ExpertStore
@@ -61,9 +61,13 @@ class TieredExperts:
                              self.expert_bytes, profile or CPU_STAND_IN)
         self._check_budget(fast_budget, total)
         self.table = SlotTable(self.num_slots)
-        self.fast = SlotPool(self.num_slots, d.hidden_size, d.expert_intermediate, fast_providers) \
+        self.fast = SlotPool(self.num_slots, d.hidden_size, d.expert_intermediate, d.top_k, fast_providers) \
             if self.num_slots else None
-        self.host = HostPool(d.hidden_size, d.expert_intermediate)
+        # every expert in RAM: one MoE call per layer over its host stack; under a RAM
+        # budget the store's LRU holds them and the slow lane runs them one by one
+        self.stacks = (HostStacks(manifest.moe_layers(), d.num_experts, d.hidden_size, d.expert_intermediate,
+                                  d.top_k, self.store.read) if ram_budget is None else None)
+        self.host = HostPool(d.hidden_size, d.expert_intermediate) if ram_budget is not None else None
         self.overlap = not self.stand_in if overlap is None else overlap
         self.executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="spac-tier")
         self.plan = StepPlan(self.view.moe_layers)
@@ -95,7 +99,7 @@ class TieredExperts:
 
     # ---- residency mechanism -------------------------------------------------------------
     def _load(self, slot: int, key: Key) -> None:
-        weights = self.store.get(*key)
+        weights = self.stacks.get(*key) if self.stacks is not None else interleaved(*self.store.get(*key))
         self.fast.load(slot, weights)
         self.counters.add(bytes_copied=sum(w.nbytes for w in weights))
 
@@ -111,17 +115,15 @@ class TieredExperts:
     def run_layer(self, layer: int, x: np.ndarray, groups: Sequence[ExpertGroup],
                   ids: Optional[np.ndarray] = None, weights: Optional[np.ndarray] = None) -> np.ndarray:
         t_start = time.perf_counter()
+        if ids is None or weights is None:
+            ids, weights = _routing(groups, x.shape[1])
         experts = np.array([g.expert for g in groups], dtype=np.int64)
         tokens = np.array([g.rows.size for g in groups], dtype=np.int64)
         resident = self.table.resident_mask(layer, experts)
         demand = LayerDemand(experts, tokens, resident, self.ranking.rank[layer, experts])
         a = self.policy.assign(self.view, self.state, layer, demand, self.table.claimable())
         fast, slow, claimed, victims = self._place(layer, a)
-        rows = {g.expert: g.rows for g in groups}
-        results: dict[int, np.ndarray] = {}
-        lane_seconds = self._run_lanes(layer, x, rows, fast, slow, claimed, results)
-        t_combine = time.perf_counter()
-        out = combine(groups, results, x)                                  # [1, T, H]
+        out, lane_seconds = self._run_lanes(layer, x, groups, ids, weights, fast, slow, claimed)
         route = t_start - self._last_combine if self._last_combine else 0.0    # attention + router
         self._last_combine = time.perf_counter()
         fast_set = set(fast)
@@ -129,8 +131,7 @@ class TieredExperts:
         self.counters.add(pairs=int(tokens.sum()), pairs_hit=int(tokens[resident].sum()),
                           pairs_fast=int(tokens[ran_fast].sum()), fetch_sync=len(claimed))
         self.counters.record_layer(layer, self._last_combine - t_start, a.path, a.solve_seconds)
-        self._plan_layer(layer, fast, slow, claimed, victims, lane_seconds, route, self._last_combine - t_combine)
-        self._calls += len(groups)
+        self._plan_layer(layer, fast, slow, claimed, victims, lane_seconds, route)
         return out
 
     def _place(self, layer: int, a: Assignment) -> tuple[list[int], list[int], list[tuple[int, int]], list[Key]]:
@@ -156,47 +157,63 @@ class TieredExperts:
         slow += [e for e in a.fast if e not in fetch and e not in pinned]
         return sorted(pinned | {e for e, _ in claimed}), slow, claimed, victims
 
-    def _run_lanes(self, layer: int, x: np.ndarray, rows: dict[int, np.ndarray], fast: list[int],
-                   slow: list[int], claimed: list[tuple[int, int]], results: dict[int, np.ndarray]) -> dict[str, float]:
-        """The fast lane on the executor, the slow lane inline; unpin when both are done.
-        Without overlap (the default with a CPU stand-in, where both lanes share the same
-        cores and a second thread only adds contention: expert calls measured 2.7x slower)
-        the fast lane runs inline after the slow one."""
-        t = x.shape[1]
-
-        def inputs(e: int) -> np.ndarray:
-            return x if t == 1 else np.ascontiguousarray(x[:, rows[e]])
-
-        def fast_lane() -> tuple[float, float]:
+    def _run_lanes(self, layer: int, x: np.ndarray, groups: Sequence[ExpertGroup], ids: np.ndarray,
+                   weights: np.ndarray, fast: list[int], slow: list[int],
+                   claimed: list[tuple[int, int]]) -> tuple[np.ndarray, dict[str, float]]:
+        """The fast lane on the executor, the slow lane inline; unpin when both are done;
+        the layer's output is the sum of the two. Without overlap (the default with a CPU
+        stand-in, where both lanes share the same cores and a second thread only adds
+        contention: expert calls measured 2.7x slower) the fast lane runs inline after the
+        slow one."""
+        def fast_lane() -> tuple[np.ndarray, float, float]:
             t0 = time.perf_counter()
             for e, slot in claimed:
                 self._load(slot, (layer, e))
                 self.table.commit(slot)
             t1 = time.perf_counter()
-            for e in fast:
-                results[e] = self.fast.run(self.table.slot_of((layer, e)), inputs(e))
-            return t1 - t0, time.perf_counter() - t1
+            where = {e: self.table.slot_of((layer, e)) for e in fast}
+            out = self.fast.run(x, lane_index(np.asarray(fast), ids, where), weights)
+            return out, t1 - t0, time.perf_counter() - t1
 
         try:
             pending = self.executor.submit(fast_lane) if fast and self.overlap else None
             t0 = time.perf_counter()
-            for e in slow:
-                results[e] = self.host.run(inputs(e), self.store.get(layer, e))
+            slow_out = self._slow_lane(layer, x, groups, ids, weights, slow) if slow else None
             slow_s = time.perf_counter() - t0
-            fetch_s, fast_s = pending.result() if pending is not None else fast_lane() if fast else (0.0, 0.0)
+            fast_out, fetch_s, fast_s = (pending.result() if pending is not None else fast_lane() if fast
+                                         else (None, 0.0, 0.0))
         finally:
             self.table.unpin((layer, e) for e in fast)
-        return {"fetch": fetch_s, "fast": fast_s, "slow": slow_s}
+        t_sum = time.perf_counter()
+        if fast_out is None or slow_out is None:
+            out = fast_out if slow_out is None else slow_out
+            out = np.zeros_like(x) if out is None else out
+        else:
+            out = slow_out + fast_out
+        self._calls += (1 if fast else 0) + (0 if not slow else 1 if self.stacks is not None else len(slow))
+        return out, {"fetch": fetch_s, "fast": fast_s, "slow": slow_s, "combine": time.perf_counter() - t_sum}
+
+    def _slow_lane(self, layer: int, x: np.ndarray, groups: Sequence[ExpertGroup], ids: np.ndarray,
+                   weights: np.ndarray, slow: list[int]) -> np.ndarray:
+        """The CPU's experts: one MoE call over the layer's host stack, or (under a RAM
+        budget) one call per expert from the store, added in ascending expert order."""
+        if self.stacks is not None:
+            return self.stacks.run(layer, x, lane_index(np.asarray(slow), ids, None), weights)
+        mine = set(slow)
+        groups = [g for g in groups if g.expert in mine]
+        results = {g.expert: self.host.run(x if x.shape[1] == 1 else np.ascontiguousarray(x[:, g.rows]),
+                                           self.store.get(layer, g.expert)) for g in groups}
+        return combine(groups, results, x)
 
     def _plan_layer(self, layer: int, fast: list[int], slow: list[int], claimed: list[tuple[int, int]],
-                    victims: list[Key], lanes: dict[str, float], route: float, combine: float) -> None:
+                    victims: list[Key], lanes: dict[str, float], route: float) -> None:
         plan = self.plan
         plan.set(f"L{layer}.route", route)
         plan.set(f"L{layer}.fetch", lanes["fetch"], experts=[e for e, _ in claimed],
                  evicts_from_layers=sorted({k[0] for k in victims}))
         plan.set(f"L{layer}.fast", lanes["fast"], experts=fast)
         plan.set(f"L{layer}.slow", lanes["slow"], experts=sorted(slow))
-        plan.set(f"L{layer}.combine", combine)
+        plan.set(f"L{layer}.combine", lanes["combine"])
 
     def calls(self) -> int:
         return self._calls
@@ -245,3 +262,17 @@ class TieredExperts:
         if self.prefetcher is not None:
             self.prefetcher.close()
         self.executor.shutdown(wait=True)
+
+
+def _routing(groups: Sequence[ExpertGroup], t: int) -> tuple[np.ndarray, np.ndarray]:
+    """ids and weights [T, A] (padded with -1 / 0) from per-expert groups."""
+    per_row: list[list[tuple[int, float]]] = [[] for _ in range(t)]
+    for g in groups:
+        for r, w in zip(g.rows.tolist(), g.weights.tolist()):
+            per_row[r].append((g.expert, w))
+    a = max([1] + [len(p) for p in per_row])
+    ids, weights = np.full((t, a), -1, np.int64), np.zeros((t, a), np.float32)
+    for r, pairs in enumerate(per_row):
+        for j, (e, w) in enumerate(pairs):
+            ids[r, j], weights[r, j] = e, w
+    return ids, weights

@@ -1,0 +1,42 @@
+"""One MoE call runs any subset of a stack's experts: the lane's share of the layer output."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from spac_ort.runtime.tiers.pools import ExpertStack, interleaved, lane_index
+
+
+def _swiglu(x, w_gate, w_up, w_down):
+    g = x @ w_gate
+    return (g / (1 + np.exp(-g)) * (x @ w_up)) @ w_down
+
+
+def test_a_lane_call_equals_its_experts_weighted_sum():
+    rng = np.random.default_rng(0)
+    h, i, n, top_k, t = 16, 8, 6, 3, 4
+    experts = [tuple((rng.standard_normal(s) * 0.3).astype(np.float32) for s in ((h, i), (h, i), (i, h)))
+               for _ in range(n)]
+    stack = ExpertStack(n, h, i, top_k)
+    for e, w in enumerate(experts):
+        stack.write(e, *interleaved(*w))
+    x = rng.standard_normal((1, t, h)).astype(np.float32)
+    ids = np.array([[0, 1, 2], [3, 4, 5], [1, 3, 5], [0, 2, 4]])
+    weights = rng.random((t, top_k)).astype(np.float32)
+    lane = np.array([1, 3, 4])                       # row 0 has one, row 3 one, row 1 two, row 2 two
+    got = stack.run(x, lane_index(lane, ids, None), weights)
+    want = np.zeros((t, h), np.float32)
+    for r in range(t):
+        for j in range(top_k):
+            if ids[r, j] in lane:
+                want[r] += weights[r, j] * _swiglu(x[0, r], *experts[ids[r, j]])
+    np.testing.assert_allclose(got[0], want, rtol=1e-5, atol=1e-6)
+    # a lane with none of a token's experts gives that token zeros, not filler output
+    none = stack.run(x[:, :1], lane_index(np.array([5]), ids[:1], None), weights[:1])
+    assert np.array_equal(none, np.zeros_like(x[:, :1]))
+
+
+def test_lane_index_maps_experts_to_slots():
+    ids = np.array([[7, 2], [2, 9]])
+    index = lane_index(np.array([2, 9]), ids, {2: 0, 9: 5})
+    assert index.tolist() == [[-1, 0], [0, 5]]
