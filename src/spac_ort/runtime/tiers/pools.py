@@ -3,7 +3,7 @@
 - `ExpertStack`: n experts' weights stacked the way ``com.microsoft.MoE`` takes them
   (gate/up [n, 2I, H] interleaved, down [n, H, I]) on one device; `run` computes any
   subset of them for T tokens in ONE MoE call: the router's weights go in as logits of
-  log(weight) at the stack indices of the chosen experts (-1e30 elsewhere), the op's
+  log(weight) at the stack indices of the chosen experts (fillers far below elsewhere), the op's
   softmax gives weight / lane sum, and the output is scaled back by the lane sum. A lane
   costs one call per layer, however many experts it runs.
 - `SlotPool` (fast tier): an `ExpertStack` of N slots on the fast provider's device; a
@@ -27,7 +27,10 @@ from ..graphs import moe_graph, swiglu_graph
 from ..sessions import CPU, CUDA, ort, session_options
 from .store import WEIGHTS
 
-_FILLER = np.float32(-1e30)     # logit of an expert a lane does not run: softmax weight exactly 0
+# Logit of entry j when the lane does not run it: -1e4 - j. Its softmax weight is exactly 0
+# in fp32 beside any chosen logit (log(weight) >= -69), and the values are distinct, so the
+# operator's top-k never meets a tie among the fillers it must pick.
+_FILLER_BASE = -1e4
 
 
 def interleaved(w_gate: np.ndarray, w_up: np.ndarray, w_down: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -42,7 +45,8 @@ def interleaved(w_gate: np.ndarray, w_up: np.ndarray, w_down: np.ndarray) -> tup
 class ExpertStack:
     """n experts' weights on one device, run as one MoE call per lane (see the module doc)."""
 
-    def __init__(self, n: int, hidden: int, inter: int, top_k: int, providers: Sequence[str] = (CPU,)):
+    def __init__(self, n: int, hidden: int, inter: int, top_k: int, providers: Sequence[str] = (CPU,),
+                 sessions: Optional[dict] = None):
         self.n, self.hidden, self.inter = n, hidden, inter
         self.top_k = min(top_k, n)
         self.providers = list(providers)
@@ -60,7 +64,12 @@ class ExpertStack:
             zero = tuple(np.zeros(sh[1:], np.float32) for sh in shapes)
             for i in range(n):
                 self._copy.write(i, zero)
-        self._sessions: dict[int, ort.InferenceSession] = {}
+        # one session per k (experts a token runs in this call), made on first use with the
+        # options of the thread that built the stack (a lane may run on a worker thread);
+        # stacks of the same shape may share them
+        self._sessions: dict[int, ort.InferenceSession] = {} if sessions is None else sessions
+        self._options = session_options()
+        self._fillers = (_FILLER_BASE - np.arange(n, dtype=np.float32))[None, None, :]
 
     def write(self, i: int, gate_up: np.ndarray, down: np.ndarray) -> None:
         """Copy one expert's interleaved weights into entry ``i``."""
@@ -79,7 +88,7 @@ class ExpertStack:
         s = self._sessions.get(k)
         if s is None:
             graph = moe_graph(self.hidden, self.inter, self.n, k, True)
-            s = self._sessions[k] = ort.InferenceSession(graph, session_options(), providers=self.providers)
+            s = self._sessions[k] = ort.InferenceSession(graph, self._options, providers=self.providers)
         return s
 
     def run(self, x: np.ndarray, index: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -88,7 +97,7 @@ class ExpertStack:
         t = x.shape[1]
         chosen = index >= 0
         k = max(1, int(chosen.sum(axis=1).max()))
-        logits = np.full((1, t, self.n), _FILLER, np.float32)
+        logits = np.repeat(self._fillers, t, axis=1)                                 # [1, T, n]
         rows = np.nonzero(chosen)[0]
         logits[0, rows, index[chosen]] = np.log(np.maximum(weights[chosen], 1e-30))
         b = self._session(k).io_binding()
@@ -141,7 +150,8 @@ class HostStacks:
 
     def __init__(self, layers: Sequence[int], num_experts: int, hidden: int, inter: int, top_k: int, read):
         self._read = read
-        self.stacks = {layer: ExpertStack(num_experts, hidden, inter, top_k) for layer in layers}
+        sessions: dict = {}
+        self.stacks = {layer: ExpertStack(num_experts, hidden, inter, top_k, sessions=sessions) for layer in layers}
         self.filled = {layer: np.zeros(num_experts, dtype=bool) for layer in layers}
 
     def ensure(self, layer: int, experts: Sequence[int]) -> None:
