@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from spac_ort.runtime.sessions import CPU, CUDA
+from spac_ort.runtime.tiers.pinned import PinnedCopier
 from spac_ort.runtime.tiers.pools import ExpertStack, interleaved
 
 
@@ -37,9 +38,11 @@ def main() -> None:
     args = ap.parse_args()
     h, i, n, k = args.hidden, args.inter, args.slots, args.top_k
     rng = np.random.default_rng(0)
+    copier = PinnedCopier.create()
     t0 = time.perf_counter()
-    gpu = ExpertStack(n, h, i, k, (CUDA, CPU))
+    gpu = ExpertStack(n, h, i, k, (CUDA, CPU), copier=copier)
     setup = time.perf_counter() - t0
+    pageable = ExpertStack(2, h, i, k, (CUDA, CPU))
     cpu = ExpertStack(n, h, i, k)
     experts = [interleaved(*((rng.standard_normal(s) * 0.02).astype(np.float32) for s in ((h, i), (h, i), (i, h))))
                for _ in range(4)]
@@ -48,7 +51,11 @@ def main() -> None:
         gpu.write(e, *w)
         cpu.write(e, *w)
     back = [np.array_equal(a, b) for a, b in zip(gpu.weights(n - 1), cpu.weights(n - 1))]
-    write_s = _median(lambda: gpu.write(3, *experts[0]))
+    pinned = [copier.pinned(a.shape) for a in experts[0]] if copier else experts[0]
+    for p, a in zip(pinned, experts[0]):
+        p[...] = a
+    write_s = _median(lambda: gpu.write(3, *pinned))
+    pageable_s = _median(lambda: pageable.write(1, *experts[0]))
     rows = {}
     for t in (1, 2, 5):
         x = rng.standard_normal((1, t, h)).astype(np.float32)
@@ -64,7 +71,8 @@ def main() -> None:
                    "cpu_ms": 1e3 * _median(lambda: cpu.run(x, index, w), 5)}
     nbytes = sum(a.nbytes for a in experts[0])
     result = {"dims": vars(args) | {"out": None}, "setup_s": setup, "read_back_equal": back,
-              "write_ms": 1e3 * write_s, "write_gb_per_s": nbytes / write_s / 1e9, "lane": rows}
+              "pinned_copier": copier is not None, "write_ms": 1e3 * write_s, "write_gb_per_s": nbytes / write_s / 1e9,
+              "pageable_write_gb_per_s": nbytes / pageable_s / 1e9, "lane": rows}
     print(json.dumps(result, indent=1))
     if args.out:
         args.out.write_text(json.dumps(result, indent=1) + "\n")

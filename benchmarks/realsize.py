@@ -56,7 +56,26 @@ def _generator(bundle: Path, policy: str, args: argparse.Namespace):  # type: ig
         return Generator.from_bundle(bundle, threads=args.threads, providers=providers)
     budget = None if policy == "resident" else args.fast_budget
     return Generator.from_bundle(bundle, threads=args.threads, providers=providers,
-                                 tiers=TierConfig(policy, budget, None, fast_providers(args.fast_provider)))
+                                 tiers=TierConfig(policy, budget, None, fast_providers(args.fast_provider),
+                                                  profile=_profile(bundle, args)))
+
+
+_PROFILES: dict = {}
+
+
+def _profile(bundle: Path, args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """With --calibrate: the balancer's cost model measured once on this machine (the fast
+    tier on --fast-provider, the CPU lane with --threads), shared by every policy."""
+    if not args.calibrate:
+        return None
+    if bundle not in _PROFILES:
+        from spac_ort.runtime.calibrate import calibrate
+        from spac_ort.runtime.sessions import fast_providers, session_threads
+
+        with session_threads(args.threads):
+            _PROFILES[bundle] = calibrate(bundle, fast_providers(args.fast_provider), repeats=10)
+        print(f"calibrated: {_PROFILES[bundle]}", flush=True)
+    return _PROFILES[bundle]
 
 
 def _policy_run(bundle: Path, policy: str, tapes: list, args: argparse.Namespace) -> dict:
@@ -155,6 +174,8 @@ def main() -> None:
                                                                 "the non-expert graphs on CUDA where it has a kernel")
     run.add_argument("--draft-tokens", type=_draft_tokens, default=4)
     run.add_argument("--threads", type=int, default=1)
+    run.add_argument("--calibrate", action="store_true", help="measure the balancer's cost model on this machine "
+                     "first (default: the CPU stand-in profile)")
     run.add_argument("--out", type=Path, default=ROOT / "docs" / "results" / "realsize_cpu.json")
     args = ap.parse_args()
     (record_cmd if args.cmd == "record" else run_cmd)(args)

@@ -12,6 +12,7 @@ import numpy as np
 
 from ..manifest import load_manifest
 from ..profile import DeviceProfile
+from .tiers.pinned import PinnedCopier
 from .tiers.pools import ExpertStack, SlotPool, interleaved
 from .sessions import CPU
 from .tiers.store import ExpertStore
@@ -24,6 +25,12 @@ def _median_time(fn, repeats: int) -> float:
         fn()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
+
+
+def _pinned_copy(copier: PinnedCopier, w: np.ndarray) -> np.ndarray:
+    out = copier.pinned(w.shape)
+    out[...] = w
+    return out
 
 
 def _line(tokens: Sequence[int], seconds: Sequence[float]) -> tuple[float, float]:
@@ -39,7 +46,10 @@ def calibrate(bundle: Path, fast_providers: Sequence[str] = (CPU,), repeats: int
     store = ExpertStore(bundle, m)
     layer = m.moe_layers()[0]
     weights = interleaved(*store.get(layer, 0))
-    fast = SlotPool(1, d.hidden_size, d.expert_intermediate, 1, fast_providers)
+    copier = PinnedCopier.create() if fast_providers[0] != CPU else None     # as the tiered engine copies
+    if copier is not None:
+        weights = tuple(_pinned_copy(copier, w) for w in weights)
+    fast = SlotPool(1, d.hidden_size, d.expert_intermediate, 1, fast_providers, copier=copier)
     host = ExpertStack(1, d.hidden_size, d.expert_intermediate, 1)
     fast.load(0, weights)
     host.write(0, *weights)

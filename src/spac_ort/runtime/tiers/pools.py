@@ -25,6 +25,7 @@ import numpy as np
 from ... import naming
 from ..graphs import moe_graph, swiglu_graph
 from ..sessions import CPU, CUDA, ort, session_options
+from .pinned import PinnedCopier
 from .store import WEIGHTS
 
 # Logit of entry j when the lane does not run it: -1e4 - j. Its softmax weight is exactly 0
@@ -46,21 +47,22 @@ class ExpertStack:
     """n experts' weights on one device, run as one MoE call per lane (see the module doc)."""
 
     def __init__(self, n: int, hidden: int, inter: int, top_k: int, providers: Sequence[str] = (CPU,),
-                 sessions: Optional[dict] = None):
+                 sessions: Optional[dict] = None, copier: Optional[PinnedCopier] = None):
         self.n, self.hidden, self.inter = n, hidden, inter
         self.top_k = min(top_k, n)
         self.providers = list(providers)
         self.device = "cuda" if self.providers[0] == CUDA else "cpu"
         shapes = ((n, 2 * inter, hidden), (n, hidden, inter))
-        if self.device == "cpu":                   # OrtValues over numpy memory: a write is a slice copy
-            self.host = tuple(np.zeros(sh, np.float32) for sh in shapes)
+        self.copier = copier
+        if self.device == "cpu":                   # OrtValues over host memory: a write is a slice copy
+            self.host = tuple(np.zeros(sh, np.float32) if copier is None else copier.pinned(sh) for sh in shapes)
             self.values = tuple(ort.OrtValue.ortvalue_from_numpy(a) for a in self.host)
             self._copy = None
         else:
             self.host = None
             self.values = tuple(ort.OrtValue.ortvalue_from_shape_and_type(list(sh), np.float32, self.device, 0)
                                 for sh in shapes)
-            self._copy = _DeviceCopy(self.values, self.providers)
+            self._copy = _DeviceCopy(self.values, self.providers, copier)
             zero = tuple(np.zeros(sh[1:], np.float32) for sh in shapes)
             for i in range(n):
                 self._copy.write(i, zero)
@@ -93,8 +95,15 @@ class ExpertStack:
 
     def run(self, x: np.ndarray, index: np.ndarray, weights: np.ndarray) -> np.ndarray:
         """x [1, T, H]; index [T, A] stack entries (-1: not in this lane); weights [T, A].
-        Returns sum over the lane's entries of weight * expert(x), [1, T, H]."""
+        Returns sum over the lane's entries of weight * expert(x), [1, T, H].
+
+        On CUDA (onnxruntime-gpu 1.30, fp32) the operator's output is wrong for some rows
+        when T > 1 (relative error 0.2-0.4 against the CPU, with or without fillers;
+        benchmarks/cuda_stack_check.py), and right at T = 1: there each row is its own call."""
         t = x.shape[1]
+        if t > 1 and self.device == "cuda":
+            return np.concatenate([self.run(x[:, r:r + 1], index[r:r + 1], weights[r:r + 1]) for r in range(t)],
+                                  axis=1)
         chosen = index >= 0
         k = max(1, int(chosen.sum(axis=1).max()))
         logits = np.repeat(self._fillers, t, axis=1)                                 # [1, T, n]
@@ -112,18 +121,22 @@ class ExpertStack:
 
 
 class _DeviceCopy:
-    """Host -> device writes into one entry of a stack's device buffers: a copy graph whose
-    outputs are bound to the entry's address inside the stack (ORT copies the host array
-    in and the graph writes it to that address)."""
+    """Host -> device writes into one entry of a stack's device buffers. With a
+    `PinnedCopier`: one asynchronous copy per array on the copier's stream, waited for
+    before the write returns. Without: a copy graph whose outputs are bound to the entry's
+    address inside the stack (ORT copies the host array in, the graph writes it there)."""
 
-    def __init__(self, values: tuple, providers: Sequence[str]):
+    def __init__(self, values: tuple, providers: Sequence[str], copier: Optional[PinnedCopier] = None):
         from ..graphs import copy_graph
-        self.values = values
+        self.values, self.copier = values, copier
         self.shapes = [v.shape()[1:] for v in values]
         self.strides = [4 * int(np.prod(sh)) for sh in self.shapes]
         self.session = ort.InferenceSession(copy_graph(len(values)), session_options(), providers=list(providers))
 
     def write(self, i: int, arrays: Sequence[np.ndarray]) -> None:
+        if self.copier is not None:
+            self.copier.copy([(v.data_ptr() + i * s, a) for v, s, a in zip(self.values, self.strides, arrays)])
+            return
         b = self.session.io_binding()
         for j, (value, arr) in enumerate(zip(self.values, arrays)):
             b.bind_cpu_input(f"src{j}", np.ascontiguousarray(arr, dtype=np.float32).reshape(-1))
@@ -148,10 +161,12 @@ class HostStacks:
     """Every expert of the bundle in host memory, one stack per MoE layer (filled on first
     use through ``read(layer, expert) -> (w_gate, w_up, w_down)``)."""
 
-    def __init__(self, layers: Sequence[int], num_experts: int, hidden: int, inter: int, top_k: int, read):
+    def __init__(self, layers: Sequence[int], num_experts: int, hidden: int, inter: int, top_k: int, read,
+                 copier: Optional[PinnedCopier] = None):
         self._read = read
         sessions: dict = {}
-        self.stacks = {layer: ExpertStack(num_experts, hidden, inter, top_k, sessions=sessions) for layer in layers}
+        self.stacks = {layer: ExpertStack(num_experts, hidden, inter, top_k, sessions=sessions, copier=copier)
+                       for layer in layers}
         self.filled = {layer: np.zeros(num_experts, dtype=bool) for layer in layers}
 
     def ensure(self, layer: int, experts: Sequence[int]) -> None:

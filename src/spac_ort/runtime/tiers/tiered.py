@@ -34,6 +34,7 @@ from ..spac.balancer import Assignment, LayerDemand
 from ..spac.policies import Policy, TierView
 from .counters import TierCounters
 from .plan import StepPlan
+from .pinned import PinnedCopier
 from .pools import HostPool, HostStacks, SlotPool, interleaved, lane_index
 from .prefetch import Prefetcher
 from .slots import SlotTable
@@ -61,12 +62,14 @@ class TieredExperts:
                              self.expert_bytes, profile or CPU_STAND_IN)
         self._check_budget(fast_budget, total)
         self.table = SlotTable(self.num_slots)
-        self.fast = SlotPool(self.num_slots, d.hidden_size, d.expert_intermediate, d.top_k, fast_providers) \
-            if self.num_slots else None
+        on_device = bool(self.num_slots) and fast_providers[0] != CPU
+        copier = PinnedCopier.create() if on_device else None       # None: pageable copies through ORT
+        self.fast = SlotPool(self.num_slots, d.hidden_size, d.expert_intermediate, d.top_k, fast_providers,
+                             copier=copier) if self.num_slots else None
         # every expert in RAM: one MoE call per layer over its host stack; under a RAM
         # budget the store's LRU holds them and the slow lane runs them one by one
         self.stacks = (HostStacks(manifest.moe_layers(), d.num_experts, d.hidden_size, d.expert_intermediate,
-                                  d.top_k, self.store.read) if ram_budget is None else None)
+                                  d.top_k, self.store.read, copier) if ram_budget is None else None)
         self.host = HostPool(d.hidden_size, d.expert_intermediate) if ram_budget is not None else None
         self.overlap = not self.stand_in if overlap is None else overlap
         self.executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="spac-tier")
