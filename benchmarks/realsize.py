@@ -19,6 +19,7 @@ fast tier per token, whether every replay reproduced its tape) and writes JSON.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import sys
@@ -57,7 +58,11 @@ def _generator(bundle: Path, policy: str, args: argparse.Namespace):  # type: ig
     budget = None if policy == "resident" else args.fast_budget
     return Generator.from_bundle(bundle, threads=args.threads, providers=providers,
                                  tiers=TierConfig(policy, budget, None, fast_providers(args.fast_provider),
-                                                  profile=_profile(bundle, args)))
+                                                  profile=_profile(bundle, args), link_bytes_per_s=_link(args)))
+
+
+def _link(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    return args.link_gbps * 1e9 if args.link_gbps else None
 
 
 _PROFILES: dict = {}
@@ -73,7 +78,11 @@ def _profile(bundle: Path, args: argparse.Namespace):  # type: ignore[no-untyped
         from spac_ort.runtime.sessions import fast_providers, session_threads
 
         with session_threads(args.threads):
-            _PROFILES[bundle] = calibrate(bundle, fast_providers(args.fast_provider), repeats=10)
+            profile = calibrate(bundle, fast_providers(args.fast_provider), repeats=10)
+        if args.link_gbps:                       # the balancer plans with the emulated link
+            profile = dataclasses.replace(profile, name=f"{profile.name}, link capped at {args.link_gbps:g} GB/s",
+                                          link_bytes_per_s=min(profile.link_bytes_per_s, _link(args)))
+        _PROFILES[bundle] = profile
         print(f"calibrated: {_PROFILES[bundle]}", flush=True)
     return _PROFILES[bundle]
 
@@ -100,7 +109,9 @@ def _policy_run(bundle: Path, policy: str, tapes: list, args: argparse.Namespace
             rows.append({"domain": tape.domain, "tokens_per_s": r.tokens_per_second, "hit_rate": tiers.get("hit_rate"),
                          "mb_to_fast_per_token": tiers.get("bytes_to_fast_per_token", 0.0) / 1e6,
                          "accepted_per_window": r.mean_accepted, "speculative": r.speculative,
-                         "decode_s": r.decode_seconds, "new_tokens": r.new_tokens})
+                         "decode_s": r.decode_seconds, "new_tokens": r.new_tokens,
+                         "fast_share": tiers.get("fast_share"), "fetch_fallbacks": tiers.get("fetch_fallbacks"),
+                         "fetches": (tiers.get("fetches_on_demand", 0) or 0) + (tiers.get("fetches_prefetch", 0) or 0)})
     tokens = sum(r["new_tokens"] - 1 for r in rows)
     hits = [r["hit_rate"] for r in rows if r["hit_rate"] is not None]
     return {"policy": policy, "load_s": load_s, "reproduced": same, "tapes": len(rows),
@@ -116,7 +127,11 @@ def run_cmd(args: argparse.Namespace) -> None:
     from spac_ort.manifest import load_manifest
     from spac_ort.runtime.tape import load_tapes
 
-    tapes = load_tapes(args.tapes)[: args.limit or None]
+    tapes = load_tapes(args.tapes)
+    if args.per_domain:                                    # the first N tapes of each domain
+        seen: dict = {}
+        tapes = [t for t in tapes if seen.setdefault(t.domain, []).append(t) or len(seen[t.domain]) <= args.per_domain]
+    tapes = tapes[: args.limit or None]
     m = load_manifest(args.bundle)
     results = {}
     for policy in args.policies:
@@ -135,7 +150,9 @@ def run_cmd(args: argparse.Namespace) -> None:
     out = {"machine": machine(), "bundle": str(args.bundle), "layers": m.dims.num_layers,
            "hidden": m.dims.hidden_size, "experts": m.dims.num_experts, "expert_intermediate": m.dims.expert_intermediate,
            "fast_provider": args.fast_provider, "backbone_provider": args.backbone_provider, "fast_budget": args.fast_budget, "draft_tokens": args.draft_tokens,
-           "threads": args.threads, "tapes": len(tapes), "results": results,
+           "threads": args.threads, "tapes": len(tapes), "link_gbps_emulated": args.link_gbps or None,
+           "profile": dataclasses.asdict(_PROFILES[args.bundle]) if args.bundle in _PROFILES else None,
+           "results": results,
            "spac_vs_sd_static": _ratio(rate.get("spac"), rate.get("sd-static")),
            "spac_vs_baseline_mean": _ratio(rate.get("spac"), mean_base),
            "spac_vs_resident": _ratio(rate.get("spac"), rate.get("resident"))}
@@ -167,6 +184,7 @@ def main() -> None:
     run.add_argument("--bundle", type=Path, required=True)
     run.add_argument("--tapes", type=Path, default=TAPES)
     run.add_argument("--limit", type=int, default=0, help="replay only the first N tapes")
+    run.add_argument("--per-domain", type=int, default=0, help="replay only the first N tapes of each domain")
     run.add_argument("--policies", nargs="+", default=list(POLICIES))
     run.add_argument("--fast-provider", default="cpu")
     run.add_argument("--fast-budget", default="17%")
@@ -174,6 +192,8 @@ def main() -> None:
                                                                 "the non-expert graphs on CUDA where it has a kernel")
     run.add_argument("--draft-tokens", type=_draft_tokens, default=4)
     run.add_argument("--threads", type=int, default=1)
+    run.add_argument("--link-gbps", type=float, default=0.0, help="EMULATE a slower host-to-fast-tier link: every "
+                     "copy takes at least bytes / rate (e.g. 25 for a PCIe 4.0 x16 class link)")
     run.add_argument("--calibrate", action="store_true", help="measure the balancer's cost model on this machine "
                      "first (default: the CPU stand-in profile)")
     run.add_argument("--out", type=Path, default=ROOT / "docs" / "results" / "realsize_cpu.json")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional, Union
 
+from ..errors import ConfigError
 from ..profile import DeviceProfile
 from .sessions import CPU
 from .spac.policies import Policy, SpacOptions
@@ -19,7 +20,8 @@ class TierConfig:
     stand-in). ``overlap``: copies and the fast lane run beside the decode thread (True),
     or inline after each step and each layer (False); None chooses: overlap with an
     accelerator, inline with a CPU stand-in, where a second thread only contends for the
-    same cores."""
+    same cores. ``link_bytes_per_s`` emulates a slower host-to-fast-tier link: a copy
+    takes at least bytes / rate (e.g. 25e9 for a PCIe 4.0 x16 class link on a faster one)."""
 
     policy: Union[str, Policy]
     fast_budget: Union[str, int, None] = None
@@ -28,3 +30,10 @@ class TierConfig:
     profile: Optional[DeviceProfile] = None
     spac: SpacOptions = field(default_factory=SpacOptions)
     overlap: Optional[bool] = None
+    link_bytes_per_s: Optional[float] = None
+
+    def __post_init__(self) -> None:
+        rate = self.link_bytes_per_s
+        if rate is not None and (isinstance(rate, bool) or not isinstance(rate, (int, float)) or not rate > 0
+                                 or rate == float("inf")):
+            raise ConfigError(f"link rate {rate!r} must be a positive number of bytes per second")

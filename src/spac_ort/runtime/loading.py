@@ -72,7 +72,7 @@ def _tiered(bundle: Path, manifest: Manifest, policy: Policy, tiers: TierConfig)
     total = len(manifest.moe_layers()) * manifest.dims.num_experts * manifest.expert_bytes()
     return TieredExperts(bundle, manifest, policy, _budget(tiers.fast_budget, total, "fast budget"),
                          _budget(tiers.ram_budget, total, "RAM budget"), tiers.fast_providers, tiers.profile,
-                         tiers.overlap)
+                         tiers.overlap, tiers.link_bytes_per_s)
 
 
 def _draft(bundle: Path, manifest: Manifest, directory: Optional[Union[str, Path]],

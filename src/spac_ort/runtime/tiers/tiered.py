@@ -50,9 +50,11 @@ class TieredExperts:
 
     def __init__(self, bundle: Path, manifest: Manifest, policy: Policy, fast_budget: Optional[int],
                  ram_budget: Optional[int] = None, fast_providers: Sequence[str] = (CPU,),
-                 profile: Optional[DeviceProfile] = None, overlap: Optional[bool] = None):
+                 profile: Optional[DeviceProfile] = None, overlap: Optional[bool] = None,
+                 link_bytes_per_s: Optional[float] = None):
         self.manifest, self.policy = manifest, policy
         self.counters = TierCounters()
+        self.link_bytes_per_s = link_bytes_per_s       # emulated link rate: a copy takes at least bytes / rate
         self.store = ExpertStore(bundle, manifest, ram_budget)
         self.expert_bytes = self.store.expert_bytes
         d = manifest.dims
@@ -103,8 +105,12 @@ class TieredExperts:
     # ---- residency mechanism -------------------------------------------------------------
     def _load(self, slot: int, key: Key) -> None:
         weights = self.stacks.get(*key) if self.stacks is not None else interleaved(*self.store.get(*key))
+        t0 = time.perf_counter()
         self.fast.load(slot, weights)
-        self.counters.add(bytes_copied=sum(w.nbytes for w in weights))
+        nbytes = sum(w.nbytes for w in weights)
+        if self.link_bytes_per_s:
+            time.sleep(max(0.0, nbytes / self.link_bytes_per_s - (time.perf_counter() - t0)))
+        self.counters.add(bytes_copied=nbytes)
 
     def _load_now(self, keys: list[Key]) -> None:
         for key in keys:
