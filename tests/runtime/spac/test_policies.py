@@ -17,8 +17,8 @@ L, E, A = 4, 32, 4
 PROFILE = DeviceProfile("gpu-like", 60e-6, 2e-6, 1.6e-3, 1e-4, 10e-6, 25e9)
 
 
-def view(slots: int) -> TierView:
-    return TierView(tuple(range(L)), L, E, A, slots, 1000, PROFILE)
+def view(slots: int, expert_bytes: int = 1000) -> TierView:
+    return TierView(tuple(range(L)), L, E, A, slots, expert_bytes, PROFILE)
 
 
 def records(steps: int = 120, seed: int = 0, window: int = 5) -> list[StepRecord]:
@@ -87,8 +87,9 @@ def test_warm_start_levels_follow_prefill_counts():
 
 
 def test_spac_ranking_agrees_with_its_prefetch_order():
-    """Eviction takes the lowest rank first: the reverse of the prefetch order."""
-    pol, v = Spac(), view(20)
+    """Eviction takes the lowest rank first: the reverse of the prefetch order. Experts
+    of 100 MB: a copy costs more than a CPU run, so the utility floor holds."""
+    pol, v = Spac(), view(20, expert_bytes=100_000_000)
     decision = pol.observe(v, pol.initial_state(v), records(1)[0])
     order = list(decision.prefetch)
     ranks = [decision.ranking.rank[k] for k in order]
@@ -145,3 +146,20 @@ def test_replay_of_a_trace_file(demo_bundle, tmp_path):
         measured = [r["tiers"] for r in read_trace(trace, m.dims.num_experts)]
         assert stats.pairs == sum(t["pairs"] for t in measured)
         assert stats.pairs_hit == sum(t["pairs_hit"] for t in measured), policy
+
+
+def test_spac_lifts_the_eviction_floor_only_when_copies_pay():
+    from spac_ort.profile import DeviceProfile
+    from spac_ort.runtime.spac.policies import SpacOptions, TierView, copies_pay, make_policy
+
+    spac = make_policy("spac", SpacOptions())
+
+    def view(link_bytes_per_s):
+        profile = DeviceProfile("p", 20e-6, 8e-6, 150e-6, 500e-6, 10e-6, link_bytes_per_s)
+        return TierView((0, 1), 2, 8, 2, 4, 18_874_368, profile)
+
+    fast, slow = view(51e9), view(25e9)          # an 18.9 MB expert: 0.38 ms against 0.76 ms; the CPU run 0.65 ms
+    assert copies_pay(fast) and not copies_pay(slow)
+    state = spac.initial_state(fast)
+    assert np.isinf(spac.ranking(fast, state).floor).all()
+    assert np.isfinite(spac.ranking(slow, state).floor).all()

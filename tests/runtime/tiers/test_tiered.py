@@ -126,3 +126,18 @@ def test_graphs_use_an_ir_version_older_runtimes_read(demo_bundle):
     for rel in ("embed.onnx", "final.onnx", "layers/000/layer.onnx", "layers/000/experts/000.onnx",
                 "draft/model.onnx"):
         assert onnx.load(str(demo_bundle / rel), load_external_data=False).ir_version <= 10, rel
+
+
+def test_claimable_for_counts_only_what_the_floors_allow():
+    table = SlotTable(4)
+    rank = np.zeros((1, 8))
+    rank[0, :4] = [1, 2, 3, 4]                     # occupants 0..3 rank 1..4
+    for e in range(3):
+        table.commit(table.claim((0, e), rank))
+    # one empty slot; occupants rank 1, 2, 3
+    assert table.claimable_for(np.array([0.5, 0.5]), rank) == 1                 # only the empty slot
+    assert table.claimable_for(np.array([0.5, 2.5, 2.5]), rank) == 3           # empty + ranks 1 and 2
+    assert table.claimable_for(np.array([np.inf] * 5), rank) == 4
+    assert table.claimable_for(np.array([np.inf] * 5), rank, busy=[(0, 0)]) == 3   # expert 0 is about to be pinned
+    table.pin([(0, 1)])
+    assert table.claimable_for(np.array([np.inf] * 5), rank) == 3

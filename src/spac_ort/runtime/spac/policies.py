@@ -230,10 +230,14 @@ class Spac(Policy):
     def ranking(self, view, state):
         """Utility level; within a level, experts used more in past windows rank higher.
         A copy evicts only experts of a lower level (``evict_within_level``: also of its
-        own level that rank lower), so prefetch and eviction never undo each other."""
+        own level that rank lower), so prefetch and eviction never undo each other;
+        unless copies pay for themselves (`copies_pay`): then any unpinned occupant,
+        lowest rank first."""
         top = state.frequency.max(initial=0.0)
         levels = state.utility.levels
         rank = levels + (0.99 * state.frequency / top if top > 0 else 0.0)
+        if copies_pay(view):             # a copy costs less than the CPU run it replaces: any occupant may go
+            return Ranking(rank, np.full(rank.shape, np.inf))
         return Ranking(rank, levels + (1.0 if self.o.evict_within_level else 0.0))
 
     def assign(self, view, state, layer, d, free_slots):
@@ -258,6 +262,16 @@ class Spac(Policy):
             state = SpacState(utility, frequency)
         order = prefetch_order(state.utility.levels, state.frequency)
         return Decision(state, tuple(order), self.ranking(view, state))
+
+
+def copies_pay(view: TierView) -> bool:
+    """Whether copying an expert to the fast tier costs less than running it once on the
+    CPU beside it (for one token). Then a fetch pays for itself at once, an evicted expert
+    costs at most one more such copy, and the utility order decides only who goes first:
+    the floor is lifted. Over a slower link (PCIe 4.0 against real-size experts) copies
+    cost more than a CPU run, and only lower-utility occupants may be evicted."""
+    p = view.profile
+    return p.transfer(view.expert_bytes) < p.slow(1) - p.fast(1)
 
 
 def warm_start(counts: np.ndarray, levels: int) -> SpacState:

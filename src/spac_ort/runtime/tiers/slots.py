@@ -99,6 +99,28 @@ class SlotTable:
         with self.lock:
             return int(((self.state == _EMPTY) | ((self.state == _READY) & (self.pins == 0))).sum())
 
+    def claimable_for(self, floors: np.ndarray, rank: np.ndarray, busy: Iterable[Key] = ()) -> int:
+        """How many of a set of new experts (their eviction ``floors``) could get a slot
+        right now: the empty slots, plus a matching of the rest to unpinned READY
+        occupants ranking below their floor (lowest floors first take the lowest ranks).
+        ``busy``: occupants about to be pinned, which no claim can take."""
+        with self.lock:
+            empty = int((self.state == _EMPTY).sum())
+            if floors.size <= empty:
+                return int(floors.size)
+            free = (self.state == _READY) & (self.pins == 0)
+            for key in busy:
+                i = self.where.get(key)
+                if i is not None:
+                    free[i] = False
+            cand = np.flatnonzero(free)
+            ranks = np.sort(rank[self.layer[cand], self.expert[cand]].astype(np.float64))
+        got, j = empty, 0
+        for f in np.sort(floors)[empty:]:          # the lowest floors take the empty slots
+            if j < ranks.size and ranks[j] < f:
+                got, j = got + 1, j + 1
+        return got
+
     # ---- readers -----------------------------------------------------------------------
     def pin(self, keys: Iterable[Key]) -> list[Key]:
         with self.lock:

@@ -130,7 +130,10 @@ class TieredExperts:
         tokens = np.array([g.rows.size for g in groups], dtype=np.int64)
         resident = self.table.resident_mask(layer, experts)
         demand = LayerDemand(experts, tokens, resident, self.ranking.rank[layer, experts])
-        a = self.policy.assign(self.view, self.state, layer, demand, self.table.claimable())
+        missing = experts[~resident]
+        free = self.table.claimable_for(self.ranking.floor[layer, missing], self.ranking.rank,
+                                        busy=[(layer, int(e)) for e in experts[resident]])
+        a = self.policy.assign(self.view, self.state, layer, demand, free)
         fast, slow, claimed, victims = self._place(layer, a)
         out, lane_seconds = self._run_lanes(layer, x, groups, ids, weights, fast, slow, claimed)
         route = t_start - self._last_combine if self._last_combine else 0.0    # attention + router
