@@ -1,7 +1,9 @@
 """`DeviceProfile`: the cost model the balancer and the plan use.
 
-Times are linear in tokens: ``time(n) = fixed + per_token * n`` per expert call, for the
-fast and the slow tier, and a transfer costs ``latency + bytes / bandwidth``. Profiles
+Times are linear in tokens: ``time(n) = fixed + per_token * n`` for one expert serving n
+tokens, on the fast and the slow tier (each tier runs its experts of a layer in one call:
+this is the time an expert adds to that call), and a transfer costs ``latency + bytes /
+bandwidth``. Profiles
 are measured (``runtime.calibrate``) and saved as JSON; bundles for targets ship one.
 """
 
@@ -18,9 +20,9 @@ from .errors import ConfigError
 @dataclass(frozen=True)
 class DeviceProfile:
     name: str
-    fast_fixed_s: float          # per expert call on the fast tier
+    fast_fixed_s: float          # per expert in a fast-tier call
     fast_per_token_s: float
-    slow_fixed_s: float          # per expert call on the slow tier (CPU)
+    slow_fixed_s: float          # per expert in a slow-tier (CPU) call
     slow_per_token_s: float
     link_latency_s: float        # per transfer
     link_bytes_per_s: float

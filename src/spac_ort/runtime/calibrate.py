@@ -1,5 +1,6 @@
-"""Measure a `DeviceProfile` for a bundle on this machine: the time of a lane call of one
-expert against tokens on the fast tier and on the CPU, and the host-to-fast-tier copy bandwidth."""
+"""Measure a `DeviceProfile` for a bundle on this machine: what an expert adds to a lane
+call against tokens, on the fast tier and on the CPU, and the host-to-fast-tier copy
+bandwidth."""
 
 from __future__ import annotations
 
@@ -18,7 +19,11 @@ from .sessions import CPU
 from .tiers.store import ExpertStore
 
 
+_CAL_EXPERTS = 4      # experts in the wide calibration call
+
+
 def _median_time(fn, repeats: int) -> float:
+    fn()                                        # warm up
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -41,27 +46,30 @@ def _line(tokens: Sequence[int], seconds: Sequence[float]) -> tuple[float, float
 
 def calibrate(bundle: Path, fast_providers: Sequence[str] = (CPU,), repeats: int = 50,
               tokens: Sequence[int] = (1, 2, 4, 8, 16)) -> DeviceProfile:
+    """A lane runs all its experts in one call, so what the balancer weighs is the cost an
+    expert adds to its lane's call: per lane and token count, the time of a call over
+    ``n`` experts minus a call over one, divided by n - 1, fitted as fixed + per token."""
     m = load_manifest(bundle)
     d = m.dims
     store = ExpertStore(bundle, m)
-    layer = m.moe_layers()[0]
-    weights = interleaved(*store.get(layer, 0))
+    weights = interleaved(*store.get(m.moe_layers()[0], 0))
     copier = PinnedCopier.create() if fast_providers[0] != CPU else None     # as the tiered engine copies
     if copier is not None:
         weights = tuple(_pinned_copy(copier, w) for w in weights)
-    fast = SlotPool(1, d.hidden_size, d.expert_intermediate, 1, fast_providers, copier=copier)
-    host = ExpertStack(1, d.hidden_size, d.expert_intermediate, 1)
-    fast.load(0, weights)
-    host.write(0, *weights)
+    n = min(_CAL_EXPERTS, d.num_experts)
+    fast = SlotPool(n, d.hidden_size, d.expert_intermediate, n, fast_providers, copier=copier)
+    host = ExpertStack(n, d.hidden_size, d.expert_intermediate, n)
+    for i in range(n):                          # n copies of one expert: each call reads n experts' weights
+        fast.load(i, weights)
+        host.write(i, *weights)
     rng = np.random.default_rng(0)
     fast_t, slow_t = [], []
     for t in tokens:
         x = rng.standard_normal((1, t, d.hidden_size)).astype(np.float32)
-        index, w = np.zeros((t, 1), np.int64), np.ones((t, 1), np.float32)
-        fast.run(x, index, w)
-        host.run(x, index, w)                                  # warm up
-        fast_t.append(_median_time(lambda: fast.run(x, index, w), repeats))
-        slow_t.append(_median_time(lambda: host.run(x, index, w), repeats))
+        one, all_ = np.zeros((t, 1), np.int64), np.tile(np.arange(n), (t, 1))
+        for lane, out in ((fast, fast_t), (host, slow_t)):
+            calls = [_median_time(lambda i=i: lane.run(x, i, np.ones(i.shape, np.float32)), repeats) for i in (one, all_)]
+            out.append(max(calls[1] - calls[0], 0.0) / max(n - 1, 1))
     copy = _median_time(lambda: fast.load(0, weights), repeats)
     nbytes = sum(w.nbytes for w in weights)
     ff, fp = _line(tokens, fast_t)
