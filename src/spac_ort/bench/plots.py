@@ -1,0 +1,97 @@
+"""`spac-bench`'s plots (needs matplotlib, the ``[bench]`` extra): tokens/s against the
+fast budget, against K, and per domain. Each returns the file it wrote, or None when the
+grid has nothing to draw on that axis."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Sequence
+
+from .grid import ALL
+
+
+def _pyplot():  # type: ignore[no-untyped-def]
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _budget_value(b: str) -> float:
+    """Order budgets: shares by their percentage, byte sizes after them by length of text."""
+    text = b.strip().rstrip("%")
+    try:
+        return float(text)
+    except ValueError:
+        return float("inf")
+
+
+def by_budget(rows: Sequence[dict], out: Path) -> Optional[Path]:
+    rows = [r for r in rows if r["domain"] == ALL]
+    budgets = sorted({r["budget"] for r in rows if r["budget"]}, key=_budget_value)
+    if len(budgets) < 2:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for key in sorted({(r["policy"], str(r["k"])) for r in rows}):
+        mine = [r for r in rows if (r["policy"], str(r["k"])) == key]
+        label = f"{key[0]} K={'-' if key[1] == 'None' else key[1]}"
+        if mine[0]["budget"] is None:               # budget-free: a flat line
+            ax.axhline(mine[0]["tokens_per_s"], linestyle="--", linewidth=1, label=label)
+            continue
+        pts = sorted(((budgets.index(r["budget"]), r["tokens_per_s"]) for r in mine))
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
+    ax.set_xticks(range(len(budgets)), budgets)
+    ax.set(xlabel="fast budget", ylabel="decode tokens/s", title="tokens/s against the fast budget")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def by_k(rows: Sequence[dict], out: Path) -> Optional[Path]:
+    rows = [r for r in rows if r["domain"] == ALL and r["k"] is not None]
+    ks = list(dict.fromkeys(str(r["k"]) for r in rows))
+    if len(ks) < 2:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for key in sorted({(r["policy"], r["budget"] or "-") for r in rows}):
+        mine = {str(r["k"]): r["tokens_per_s"] for r in rows if (r["policy"], r["budget"] or "-") == key}
+        xs = [i for i, k in enumerate(ks) if k in mine]
+        ax.plot(xs, [mine[ks[i]] for i in xs], marker="o", label=f"{key[0]} {key[1]}")
+    ax.set_xticks(range(len(ks)), ks)
+    ax.set(xlabel="draft tokens K", ylabel="decode tokens/s", title="tokens/s against K")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def by_domain(rows: Sequence[dict], out: Path) -> Optional[Path]:
+    domains = sorted({r["domain"] for r in rows if r["domain"] != ALL})
+    if not domains:
+        return None
+    cells = list(dict.fromkeys((r["policy"], r["budget"], r["k"]) for r in rows))
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(max(7, 1.1 * len(domains) + 2), 4.5))
+    width = 0.8 / len(cells)
+    for i, cell in enumerate(cells):
+        rate = {r["domain"]: r["tokens_per_s"] for r in rows if (r["policy"], r["budget"], r["k"]) == cell}
+        ax.bar([d + i * width for d in range(len(domains))], [rate.get(d, 0.0) for d in domains], width,
+               label=f"{cell[0]} {cell[1] or '-'} K={'-' if cell[2] is None else cell[2]}")
+    ax.set_xticks([d + 0.4 - width / 2 for d in range(len(domains))], domains, rotation=30, ha="right")
+    ax.set(ylabel="decode tokens/s", title="tokens/s per domain")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def write_plots(rows: Sequence[dict], out_dir: Path) -> list[Path]:
+    made = [by_budget(rows, out_dir / "tokens_per_s_vs_budget.png"), by_k(rows, out_dir / "tokens_per_s_vs_k.png"),
+            by_domain(rows, out_dir / "tokens_per_s_per_domain.png")]
+    return [p for p in made if p is not None]

@@ -1,0 +1,74 @@
+"""spac-bench: the grid, the summary's speedups, and the command on the demo bundle."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from spac_ort.bench.grid import ALL, Cell, RunResult, grid, summarise
+from spac_ort.cli import bench as bench_cli
+from spac_ort.errors import ConfigError
+
+
+def test_grid_runs_each_policy_once_per_what_it_varies():
+    cells = grid(["none", "lru", "spac", "resident"], ["10%", "30%"], [2, "auto"])
+    labels = [c.label for c in cells]
+    assert labels == ["none - K=2", "none - K=auto", "lru 10% K=-", "lru 30% K=-", "spac 10% K=2",
+                      "spac 10% K=auto", "spac 30% K=2", "spac 30% K=auto", "resident - K=2", "resident - K=auto"]
+    with pytest.raises(ConfigError, match="unknown policy 'fastest'"):
+        grid(["fastest"], ["17%"], [4])
+
+
+def _run(cell, domain, tokens_per_s, hit=None):
+    return RunResult(cell, domain, new_tokens=11, decode_s=10 / tokens_per_s, accepted_per_window=1.0, hit_rate=hit)
+
+
+def test_speedups_compare_cells_of_the_same_budget_and_k():
+    spac4, spac2 = Cell("spac", "17%", 4), Cell("spac", "17%", 2)
+    sd4, lru, none4 = Cell("sd-static", "17%", 4), Cell("lru", "17%", None), Cell("none", None, 4)
+    results = [_run(spac4, "code", 200, 0.5), _run(spac4, "prose", 100, 0.3), _run(spac2, "code", 90),
+               _run(sd4, "code", 100), _run(sd4, "prose", 100), _run(lru, "code", 50), _run(lru, "prose", 50),
+               _run(none4, "code", 400), _run(none4, "prose", 400)]
+    rows = summarise(results)
+    row = {(r["policy"], r["k"], r["domain"]): r for r in rows}
+    assert row[("spac", 4, "code")]["speedup"] == pytest.approx({"sd-static": 2.0, "lru": 4.0, "none": 0.5})
+    assert "sd-static" not in row[("spac", 2, "code")]["speedup"]          # no sd-static at K=2
+    both = row[("spac", 4, ALL)]
+    assert both["tokens_per_s"] == pytest.approx(20 / (10 / 200 + 10 / 100))     # tokens over seconds, not a mean
+    assert both["hit_rate"] == pytest.approx(0.4)
+    assert both["speedup"]["sd-static"] == pytest.approx(both["tokens_per_s"] / 100)
+
+
+def test_the_command_on_the_demo_bundle(demo_bundle, tmp_path):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("\n".join(json.dumps(p) for p in [
+        {"prompt": "def add(a, b):", "domain": "code"}, {"prompt": "def sub(a, b):", "domain": "code"},
+        {"prompt": "The river", "domain": "prose"}]) + "\n", encoding="utf-8")
+    out = tmp_path / "out"
+    res = CliRunner().invoke(bench_cli.main, [str(demo_bundle), "--policies", "none,sd-static,spac,lru",
+                                              "--budgets", "25%", "-k", "0,2", "-n", "8", "--prompts", str(prompts),
+                                              "--per-domain", "1", "-o", str(out), "-q", "--no-plots"])
+    assert res.exit_code == 0, res.output
+    assert "| spac " in res.stdout and "x sd-static" in res.stdout and "tokens/s per domain" in res.stdout
+    data = json.loads((out / "bench.json").read_text())
+    assert data["prompts"] == 2                                  # one per domain
+    cells = {(r["policy"], r["k"]) for r in data["rows"]}
+    assert cells == {("none", 0), ("none", 2), ("sd-static", 2), ("spac", 2), ("lru", None)}   # no plain spac
+    assert len(data["runs"]) == 5 * 2
+    assert all(r["new_tokens"] == 8 for r in data["runs"])
+    spac = next(r for r in data["rows"] if r["policy"] == "spac" and r["k"] == 2 and r["domain"] == ALL)
+    assert spac["hit_rate"] is not None and spac["layer_ms_per_token"]
+    assert spac["speedup"]["sd-static"] > 0 and spac["speedup"]["none"] > 0
+
+
+@pytest.mark.parametrize("args, message", [
+    (["-k", "two"], "draft tokens 'two' is neither"),
+    (["--prompts", "missing.jsonl"], "cannot read prompts file"),
+    (["--policies", "fastest"], "unknown policy 'fastest'"),
+])
+def test_bad_options_are_one_line(demo_bundle, tmp_path, args, message):
+    res = CliRunner().invoke(bench_cli.main, [str(demo_bundle), "-o", str(tmp_path / "o"), *args])
+    assert res.exit_code == 2
+    assert res.output.count("\n") == 1 and message in res.output
