@@ -24,7 +24,7 @@ def test_a_lane_call_equals_its_experts_weighted_sum():
     ids = np.array([[0, 1, 2], [3, 4, 5], [1, 3, 5], [0, 2, 4]])
     weights = rng.random((t, top_k)).astype(np.float32)
     lane = np.array([1, 3, 4])                       # row 0 has one, row 3 one, row 1 two, row 2 two
-    got = stack.run(x, lane_index(lane, ids, None), weights)
+    got = stack.run(x, lane_index(lane, ids), weights)
     want = np.zeros((t, h), np.float32)
     for r in range(t):
         for j in range(top_k):
@@ -32,11 +32,12 @@ def test_a_lane_call_equals_its_experts_weighted_sum():
                 want[r] += weights[r, j] * _swiglu(x[0, r], *experts[ids[r, j]])
     np.testing.assert_allclose(got[0], want, rtol=1e-5, atol=1e-6)
     # a lane with none of a token's experts gives that token zeros, not filler output
-    none = stack.run(x[:, :1], lane_index(np.array([5]), ids[:1], None), weights[:1])
+    none = stack.run(x[:, :1], lane_index(np.array([5]), ids[:1]), weights[:1])
     assert np.array_equal(none, np.zeros_like(x[:, :1]))
 
 
 def test_lane_index_maps_experts_to_slots():
     ids = np.array([[7, 2], [2, 9]])
-    index = lane_index(np.array([2, 9]), ids, {2: 0, 9: 5})
+    index = lane_index(np.array([2, 9]), ids, np.array([0, 5]))
     assert index.tolist() == [[-1, 0], [0, 5]]
+    assert lane_index(np.array([2]), np.array([[2, -1]])).tolist() == [[2, -1]]     # padding maps to no entry

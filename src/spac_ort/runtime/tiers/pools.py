@@ -207,10 +207,12 @@ class HostPool:
         return b.copy_outputs_to_cpu()[0]
 
 
-def lane_index(experts: np.ndarray, ids: np.ndarray, where: Optional[dict[int, int]]) -> np.ndarray:
-    """[T, A] stack entries of the pairs (token, expert) whose expert ``where`` maps (expert
-    -> entry), -1 for the rest. ``experts`` are a lane's experts, ``ids`` the routing."""
-    index = np.full(ids.shape, -1, dtype=np.int64)
-    for e in experts:
-        index[ids == e] = e if where is None else where[int(e)]
-    return index
+def lane_index(experts: np.ndarray, ids: np.ndarray, entries: Optional[np.ndarray] = None) -> np.ndarray:
+    """[T, A] stack entries of the pairs (token, expert) whose expert is one of a lane's
+    ``experts`` (entry ``entries[i]`` for ``experts[i]``; default: the expert id itself),
+    -1 for the rest. ``ids``: the routing, [T, A], -1 where padded."""
+    experts = np.asarray(experts, dtype=np.int64)
+    size = int(max(ids.max(initial=-1), experts.max(initial=-1))) + 2
+    lut = np.full(size, -1, dtype=np.int64)                 # lut[-1] stays -1: padded ids map to no entry
+    lut[experts] = experts if entries is None else entries
+    return lut[ids]

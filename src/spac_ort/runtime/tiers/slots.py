@@ -90,6 +90,11 @@ class SlotTable:
             return np.array([(i := where.get((layer, int(e)))) is not None and state[i] == _READY for e in experts],
                             dtype=bool)
 
+    def slots_of(self, layer: int, experts: Iterable[int]) -> np.ndarray:
+        """The slots of a layer's experts (each must hold one), in one look-up."""
+        with self.lock:
+            return np.array([self.where[(layer, int(e))] for e in experts], dtype=np.int64)
+
     def slot_of(self, key: Key) -> Optional[int]:
         with self.lock:
             return self.where.get(key)

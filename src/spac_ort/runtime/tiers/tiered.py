@@ -27,7 +27,7 @@ import numpy as np
 from ...errors import BudgetError
 from ...manifest import Manifest
 from ...profile import DeviceProfile
-from ..routing import ExpertGroup, Key, combine
+from ..routing import ExpertGroup, Key, combine, group_by_expert
 from ..sensor import StepRecord
 from ..sessions import CPU
 from ..spac.balancer import Assignment, LayerDemand
@@ -46,7 +46,7 @@ _PLAN_RANK = {"prefill": 0, "decode": 1, "verify": 2}     # --plan-out keeps the
 
 
 class TieredExperts:
-    needs_groups = True      # runs each expert on its rows
+    needs_groups = False     # lanes read ids and weights (groups are formed only under a RAM budget)
 
     def __init__(self, bundle: Path, manifest: Manifest, policy: Policy, fast_budget: Optional[int],
                  ram_budget: Optional[int] = None, fast_providers: Sequence[str] = (CPU,),
@@ -126,8 +126,7 @@ class TieredExperts:
         t_start = time.perf_counter()
         if ids is None or weights is None:
             ids, weights = _routing(groups, x.shape[1])
-        experts = np.array([g.expert for g in groups], dtype=np.int64)
-        tokens = np.array([g.rows.size for g in groups], dtype=np.int64)
+        experts, tokens = np.unique(ids[ids >= 0], return_counts=True)      # ascending expert ids
         resident = self.table.resident_mask(layer, experts)
         demand = LayerDemand(experts, tokens, resident, self.ranking.rank[layer, experts])
         missing = experts[~resident]
@@ -183,8 +182,7 @@ class TieredExperts:
                 self._load(slot, (layer, e))
                 self.table.commit(slot)
             t1 = time.perf_counter()
-            where = {e: self.table.slot_of((layer, e)) for e in fast}
-            out = self.fast.run(x, lane_index(np.asarray(fast), ids, where), weights)
+            out = self.fast.run(x, lane_index(fast, ids, self.table.slots_of(layer, fast)), weights)
             return out, t1 - t0, time.perf_counter() - t1
 
         try:
@@ -210,9 +208,9 @@ class TieredExperts:
         """The CPU's experts: one MoE call over the layer's host stack, or (under a RAM
         budget) one call per expert from the store, added in ascending expert order."""
         if self.stacks is not None:
-            return self.stacks.run(layer, x, lane_index(np.asarray(slow), ids, None), weights)
+            return self.stacks.run(layer, x, lane_index(slow, ids), weights)
         mine = set(slow)
-        groups = [g for g in groups if g.expert in mine]
+        groups = [g for g in (groups or group_by_expert(ids, weights)) if g.expert in mine]
         results = {g.expert: self.host.run(x if x.shape[1] == 1 else np.ascontiguousarray(x[:, g.rows]),
                                            self.store.get(layer, g.expert)) for g in groups}
         return combine(groups, results, x)
