@@ -17,6 +17,20 @@ def _pyplot():  # type: ignore[no-untyped-def]
     return plt
 
 
+def _axes(width: float = 7):  # type: ignore[no-untyped-def]
+    return _pyplot().subplots(figsize=(width, 4.5))
+
+
+def _save(fig, ax, out: Path, legend: int = 8, **labels) -> Path:  # type: ignore[no-untyped-def]
+    """Label the axes (xlabel, ylabel, title), add the legend, write the PNG, free the figure."""
+    ax.set(**labels)
+    ax.legend(fontsize=legend)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    _pyplot().close(fig)
+    return out
+
+
 def _budget_value(b: str) -> float:
     """Order budgets: shares by their percentage, byte sizes after them by length of text."""
     text = b.strip().rstrip("%")
@@ -31,8 +45,7 @@ def by_budget(rows: Sequence[dict], out: Path) -> Optional[Path]:
     budgets = sorted({r["budget"] for r in rows if r["budget"]}, key=_budget_value)
     if len(budgets) < 2:
         return None
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = _axes()
     for key in sorted({(r["policy"], str(r["k"])) for r in rows}):
         mine = [r for r in rows if (r["policy"], str(r["k"])) == key]
         label = f"{key[0]} K={'-' if key[1] == 'None' else key[1]}"
@@ -42,12 +55,7 @@ def by_budget(rows: Sequence[dict], out: Path) -> Optional[Path]:
         pts = sorted(((budgets.index(r["budget"]), r["tokens_per_s"]) for r in mine))
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
     ax.set_xticks(range(len(budgets)), budgets)
-    ax.set(xlabel="fast budget", ylabel="decode tokens/s", title="tokens/s against the fast budget")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return _save(fig, ax, out, xlabel="fast budget", ylabel="decode tokens/s", title="tokens/s against the fast budget")
 
 
 def by_k(rows: Sequence[dict], out: Path) -> Optional[Path]:
@@ -55,19 +63,13 @@ def by_k(rows: Sequence[dict], out: Path) -> Optional[Path]:
     ks = list(dict.fromkeys(str(r["k"]) for r in rows))
     if len(ks) < 2:
         return None
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = _axes()
     for key in sorted({(r["policy"], r["budget"] or "-") for r in rows}):
         mine = {str(r["k"]): r["tokens_per_s"] for r in rows if (r["policy"], r["budget"] or "-") == key}
         xs = [i for i, k in enumerate(ks) if k in mine]
         ax.plot(xs, [mine[ks[i]] for i in xs], marker="o", label=f"{key[0]} {key[1]}")
     ax.set_xticks(range(len(ks)), ks)
-    ax.set(xlabel="draft tokens K", ylabel="decode tokens/s", title="tokens/s against K")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return _save(fig, ax, out, xlabel="draft tokens K", ylabel="decode tokens/s", title="tokens/s against K")
 
 
 def by_domain(rows: Sequence[dict], out: Path) -> Optional[Path]:
@@ -75,20 +77,14 @@ def by_domain(rows: Sequence[dict], out: Path) -> Optional[Path]:
     if not domains:
         return None
     cells = list(dict.fromkeys((r["policy"], r["budget"], r["k"]) for r in rows))
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(max(7, 1.1 * len(domains) + 2), 4.5))
+    fig, ax = _axes(max(7, 1.1 * len(domains) + 2))
     width = 0.8 / len(cells)
     for i, cell in enumerate(cells):
         rate = {r["domain"]: r["tokens_per_s"] for r in rows if (r["policy"], r["budget"], r["k"]) == cell}
         ax.bar([d + i * width for d in range(len(domains))], [rate.get(d, 0.0) for d in domains], width,
                label=f"{cell[0]} {cell[1] or '-'} K={'-' if cell[2] is None else cell[2]}")
     ax.set_xticks([d + 0.4 - width / 2 for d in range(len(domains))], domains, rotation=30, ha="right")
-    ax.set(ylabel="decode tokens/s", title="tokens/s per domain")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return _save(fig, ax, out, legend=7, ylabel="decode tokens/s", title="tokens/s per domain")
 
 
 def write_plots(rows: Sequence[dict], out_dir: Path) -> list[Path]:
