@@ -61,6 +61,9 @@ def _items(text: str) -> list[str]:
               help="Providers offered the embed, layer, head and draft graphs.")
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
               help="Intra-op threads of each ONNX Runtime session.")
+@click.option("--link-gbps", type=click.FloatRange(min=0, min_open=True),
+              help="EMULATE a slower host-to-fast-tier link: every copy takes at least bytes / rate (GB/s), "
+                   "and a calibrated profile plans with that rate.")
 @click.option("--calibrate", is_flag=True, help="Measure the balancer's device profile on this machine first.")
 @click.option("--profile", "profile_path", type=click.Path(path_type=Path),
               help="Device profile JSON for the balancer (default: the CPU stand-in's).")
@@ -71,7 +74,7 @@ def _items(text: str) -> list[str]:
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar, only errors on stderr.")
 def main(bundle: Path, policies: str, budgets: str, ks: str, prompts_path: Optional[Path], tapes: Optional[Path],
          per_domain: Optional[int], new_tokens: int, fast_provider: str, backbone_provider: str, threads: int,
-         calibrate: bool, profile_path: Optional[Path], out_dir: Path, no_plots: bool, verbose: int,
+         link_gbps: Optional[float], calibrate: bool, profile_path: Optional[Path], out_dir: Path, no_plots: bool, verbose: int,
          quiet: bool) -> None:
     """Run every placement policy, fast budget and draft length K on the same prompts in one
     process, after one warm-up per generator. Prints a table per domain with tokens/s,
@@ -100,30 +103,37 @@ def main(bundle: Path, policies: str, budgets: str, ks: str, prompts_path: Optio
         out_dir.mkdir(parents=True, exist_ok=True)
         fast, backbone = fast_providers(fast_provider), fast_providers(backbone_provider)
         profile = DeviceProfile.load(profile_path) if profile_path is not None else None
+        link = None if link_gbps is None else link_gbps * 1e9
         if calibrate:
-            profile = _calibrate(bundle, fast, threads)
+            profile = _calibrate(bundle, fast, threads, link)
         bar = Progress(enabled=not quiet)
         try:
             results = run_grid(bundle, cells, prompts, fast_provider=fast, backbone=backbone, threads=threads,
-                               profile=profile, progress=bar)
+                               profile=profile, link_bytes_per_s=link, progress=bar)
         finally:
             bar.close()
         rows = summarise(results)
         _report(rows, out_dir, no_plots)
         meta = {"bundle": str(bundle), "fast_provider": fast_provider, "backbone_provider": backbone_provider,
-                "threads": threads, "new_tokens": new_tokens, "prompts": len(prompts),
+                "threads": threads, "new_tokens": new_tokens, "prompts": len(prompts), "link_gbps_emulated": link_gbps,
                 "profile": None if profile is None else vars(profile)}
         (out_dir / "bench.json").write_text(json.dumps(to_json(rows, results, meta), indent=1) + "\n",
                                             encoding="utf-8")
         click.echo(f"wrote {out_dir / 'bench.json'}", err=True)
 
 
-def _calibrate(bundle: Path, fast, threads: int):  # type: ignore[no-untyped-def]
+def _calibrate(bundle: Path, fast, threads: int, link: Optional[float]):  # type: ignore[no-untyped-def]
+    import dataclasses
+
     from ..runtime.calibrate import calibrate
     from ..runtime.sessions import session_threads
 
     with session_threads(threads):
-        return calibrate(bundle, fast, repeats=10)
+        profile = calibrate(bundle, fast, repeats=10)
+    if link is not None:                         # the balancer plans with the emulated link
+        profile = dataclasses.replace(profile, name=f"{profile.name}, link emulated at {link / 1e9:g} GB/s",
+                                      link_bytes_per_s=min(profile.link_bytes_per_s, link))
+    return profile
 
 
 def _rate(v: Optional[float]) -> str:

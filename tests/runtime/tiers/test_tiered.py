@@ -141,3 +141,19 @@ def test_claimable_for_counts_only_what_the_floors_allow():
     assert table.claimable_for(np.array([np.inf] * 5), rank, busy=[(0, 0)]) == 3   # expert 0 is about to be pinned
     table.pin([(0, 1)])
     assert table.claimable_for(np.array([np.inf] * 5), rank) == 3
+
+
+def test_an_emulated_link_makes_every_copy_take_bytes_over_rate(demo_bundle):
+    import time
+
+    m = load_manifest(demo_bundle)
+    rate = 20 * m.experts.data_size                      # 20 experts a second: 50 ms per copy
+    eng = TieredExperts(demo_bundle, m, make_policy("lru"), 8 * m.experts.data_size, link_bytes_per_s=rate)
+    try:
+        before = eng.counters.bytes_copied
+        t0 = time.perf_counter()
+        eng._load(0, (1, 5))
+        assert time.perf_counter() - t0 >= 0.9 * eng.expert_bytes / rate
+        assert eng.counters.bytes_copied - before == eng.expert_bytes
+    finally:
+        eng.close()
