@@ -8,6 +8,7 @@ from typing import Optional, Union
 from ..errors import ConfigError
 from ..profile import DeviceProfile
 from .sessions import CPU
+from .tiers.quant import bits_of
 from .spac.policies import Policy, SpacOptions
 
 
@@ -20,7 +21,9 @@ class TierConfig:
     stand-in). ``overlap``: copies and the fast lane run beside the decode thread (True),
     or inline after each step and each layer (False); None chooses: overlap with an
     accelerator, inline with a CPU stand-in, where a second thread only contends for the
-    same cores. ``link_bytes_per_s`` emulates a slower host-to-fast-tier link: a copy
+    same cores. ``expert_quant`` "int8" or "int4": both tiers hold experts quantized
+    (symmetric, one scale per output row) and run them on ``com.microsoft.QMoE``; a slot
+    then takes a quarter or an eighth of an fp32 expert's bytes. ``link_bytes_per_s`` emulates a slower host-to-fast-tier link: a copy
     takes at least bytes / rate (e.g. 25e9 for a PCIe 4.0 x16 class link on a faster one)."""
 
     policy: Union[str, Policy]
@@ -31,8 +34,10 @@ class TierConfig:
     spac: SpacOptions = field(default_factory=SpacOptions)
     overlap: Optional[bool] = None
     link_bytes_per_s: Optional[float] = None
+    expert_quant: Optional[str] = None
 
     def __post_init__(self) -> None:
+        bits_of(self.expert_quant)                   # a ConfigError for an unknown name
         rate = self.link_bytes_per_s
         if rate is not None and (isinstance(rate, bool) or not isinstance(rate, (int, float)) or not rate > 0
                                  or rate == float("inf")):

@@ -128,3 +128,34 @@ def copy_graph(n: int) -> bytes:
                               [vi(f"src{i}", f, ["N"]) for i in range(n)], [vi(f"dst{i}", f, ["N"]) for i in range(n)])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     return model.SerializeToString()
+
+
+def qmoe_graph(hidden: int, inter: int, num_experts: int, top_k: int, bits: int) -> bytes:
+    """`moe_graph` over quantized weights (``com.microsoft.QMoE``; see tiers/quant.py for the
+    layout): w_gate_up uint8 [E, 2I, H*bits/8] with s_gate_up [E, 2I], w_down uint8
+    [E, H, I*bits/8] with s_down [E, H]."""
+    f, u8 = TensorProto.FLOAT, TensorProto.UINT8
+    vi = helper.make_tensor_value_info
+    const = helper.make_tensor
+    pack = 8 // bits
+    nodes = [
+        helper.make_node("Constant", [], ["rows"], value=const("rows", TensorProto.INT64, [2], [-1, hidden])),
+        helper.make_node("Constant", [], ["out"], value=const("out", TensorProto.INT64, [3], [1, -1, hidden])),
+        helper.make_node("Constant", [], ["probs"], value=const("probs", TensorProto.INT64, [2], [-1, num_experts])),
+        helper.make_node("Reshape", [naming.NORMED, "rows"], ["x"]),
+        helper.make_node("Reshape", [naming.ROUTER_LOGITS, "probs"], ["logits"]),
+        helper.make_node("QMoE", ["x", "logits", "w_gate_up", "s_gate_up", "", "w_down", "s_down"], ["y"],
+                         domain="com.microsoft", k=top_k, activation_type="swiglu", swiglu_fusion=1,
+                         normalize_routing_weights=1, expert_weight_bits=bits, activation_alpha=1.0,
+                         activation_beta=0.0, swiglu_limit=float("inf")),
+        helper.make_node("Reshape", ["y", "out"], [naming.FFN_OUT]),
+    ]
+    graph = helper.make_graph(
+        nodes, "qmoe",
+        [vi(naming.NORMED, f, [1, "T", hidden]), vi(naming.ROUTER_LOGITS, f, [1, "T", num_experts]),
+         vi("w_gate_up", u8, [num_experts, 2 * inter, hidden // pack]), vi("s_gate_up", f, [num_experts, 2 * inter]),
+         vi("w_down", u8, [num_experts, hidden, inter // pack]), vi("s_down", f, [num_experts, hidden])],
+        [vi(naming.FFN_OUT, f, [1, "T", hidden])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)],
+                              ir_version=8)
+    return model.SerializeToString()

@@ -41,3 +41,40 @@ def test_lane_index_maps_experts_to_slots():
     index = lane_index(np.array([2, 9]), ids, np.array([0, 5]))
     assert index.tolist() == [[-1, 0], [0, 5]]
     assert lane_index(np.array([2]), np.array([[2, -1]])).tolist() == [[2, -1]]     # padding maps to no entry
+
+
+def test_quantized_lanes_equal_the_fp32_operator_over_the_dequantized_weights():
+    from spac_ort.runtime.tiers.quant import dequantize, quantize
+
+    rng = np.random.default_rng(1)
+    h, i, n, top_k, t = 16, 8, 5, 2, 3
+    experts = [interleaved(*((rng.standard_normal(s) * 0.3).astype(np.float32) for s in ((h, i), (h, i), (i, h))))
+               for _ in range(n)]
+    x = rng.standard_normal((1, t, h)).astype(np.float32)
+    ids = np.array([[0, 1], [2, 3], [4, 0]])
+    weights = rng.random((t, top_k)).astype(np.float32)
+    for bits in (8, 4):
+        q, ref = ExpertStack(n, h, i, top_k, bits=bits), ExpertStack(n, h, i, top_k)
+        for e, (gate_up, down) in enumerate(experts):
+            q.write(e, gate_up, down)
+            ref.write(e, dequantize(*quantize(gate_up, bits), bits), dequantize(*quantize(down, bits), bits))
+        lane = lane_index(np.array([0, 2, 4]), ids)
+        np.testing.assert_allclose(q.run(x, lane, weights), ref.run(x, lane, weights), rtol=1e-5, atol=1e-6)
+        # and the quantization error itself is small against the fp32 experts
+        exact = ExpertStack(n, h, i, top_k)
+        for e, w in enumerate(experts):
+            exact.write(e, *w)
+        err = np.abs(q.run(x, lane, weights) - exact.run(x, lane, weights)).max()
+        assert err < (0.02 if bits == 8 else 0.3) * np.abs(exact.run(x, lane, weights)).max()
+
+
+def test_quantization_round_trips_and_packs_nibbles_low_first():
+    from spac_ort.runtime.tiers.quant import dequantize, quantize
+
+    w = np.array([[-7.0, 7.0, 1.0, 0.0]], np.float32)
+    packed, scale = quantize(w, 4)
+    assert scale.tolist() == [1.0] and packed.tolist() == [[(-7 + 8) | ((7 + 8) << 4), (1 + 8) | (8 << 4)]]
+    assert dequantize(packed, scale, 4).tolist() == w.tolist()
+    w8 = np.array([[-127.0, 127.0, 18.0, 0.0]], np.float32)
+    packed8, scale8 = quantize(w8, 8)
+    assert packed8.tolist() == [[1, 255, 146, 128]] and dequantize(packed8, scale8, 8).tolist() == w8.tolist()

@@ -157,3 +157,20 @@ def test_an_emulated_link_makes_every_copy_take_bytes_over_rate(demo_bundle):
         assert eng.counters.bytes_copied - before == eng.expert_bytes
     finally:
         eng.close()
+
+
+def test_quantized_experts_fit_more_slots_and_generate(demo_bundle):
+    from spac_ort.runtime import Generator
+    from spac_ort.runtime.config import TierConfig
+
+    slots = {}
+    for quant in (None, "int8", "int4"):
+        with Generator.from_bundle(demo_bundle, tiers=TierConfig("spac", "10%", expert_quant=quant)) as gen:
+            out = list(gen.generate("def add(a, b):", max_new_tokens=12, draft_tokens=2))
+            slots[quant] = gen.report.tiers["fast_slots"]
+            assert len(out) == 12 and gen.report.tiers["hit_rate"] > 0
+    assert slots["int8"] >= 3.5 * slots[None] and slots["int4"] >= 1.8 * slots["int8"]
+    with pytest.raises(Exception, match="drop --ram-budget or --expert-quant"):
+        Generator.from_bundle(demo_bundle, tiers=TierConfig("spac", "25%", "50%", expert_quant="int8"))
+    with pytest.raises(Exception, match="unknown expert quantization 'int3'"):
+        TierConfig("spac", expert_quant="int3")

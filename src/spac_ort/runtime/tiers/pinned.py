@@ -35,10 +35,10 @@ class PinnedCopier:
             return None
         return cls(cupy)
 
-    def pinned(self, shape: Sequence[int]) -> np.ndarray:
-        """A zeroed float32 array in page-locked host memory."""
+    def pinned(self, shape: Sequence[int], dtype=np.float32) -> np.ndarray:  # type: ignore[no-untyped-def]
+        """A zeroed array in page-locked host memory."""
         import cupyx
-        arr = cupyx.empty_pinned(tuple(shape), np.float32)
+        arr = cupyx.empty_pinned(tuple(shape), dtype)
         arr[...] = 0
         return arr
 
@@ -47,6 +47,6 @@ class PinnedCopier:
         all are on the device."""
         with self._lock:
             for dst, src in pairs:
-                src = np.ascontiguousarray(src, dtype=np.float32)
+                src = np.ascontiguousarray(src)
                 self._cp.cuda.runtime.memcpyAsync(dst, src.ctypes.data, src.nbytes, _H2D, self._stream.ptr)
             self._stream.synchronize()

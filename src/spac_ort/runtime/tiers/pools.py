@@ -23,9 +23,11 @@ from typing import Optional, Sequence
 
 import numpy as np
 from ... import naming
-from ..graphs import moe_graph, swiglu_graph
+from ...errors import ConfigError
+from ..graphs import moe_graph, qmoe_graph, swiglu_graph
 from ..sessions import CPU, CUDA, ort, session_options
 from .pinned import PinnedCopier
+from .quant import ExpertLayout
 from .store import WEIGHTS
 
 # Logit of entry j when the lane does not run it: -1e4 - j. Its softmax weight is exactly 0
@@ -44,26 +46,29 @@ def interleaved(w_gate: np.ndarray, w_up: np.ndarray, w_down: np.ndarray) -> tup
 
 
 class ExpertStack:
-    """n experts' weights on one device, run as one MoE call per lane (see the module doc)."""
+    """n experts' weights on one device, run as one MoE call per lane (see the module doc).
+    ``bits`` 8 or 4: the entries hold quantized weights (`quant.ExpertLayout`) and a lane
+    runs on ``com.microsoft.QMoE``."""
 
     def __init__(self, n: int, hidden: int, inter: int, top_k: int, providers: Sequence[str] = (CPU,),
-                 sessions: Optional[dict] = None, copier: Optional[PinnedCopier] = None):
+                 sessions: Optional[dict] = None, copier: Optional[PinnedCopier] = None, bits: Optional[int] = None):
         self.n, self.hidden, self.inter = n, hidden, inter
         self.top_k = min(top_k, n)
         self.providers = list(providers)
         self.device = "cuda" if self.providers[0] == CUDA else "cpu"
-        shapes = ((n, 2 * inter, hidden), (n, hidden, inter))
+        self.layout = ExpertLayout(hidden, inter, bits)
+        shapes = [((n, *sh), dt) for sh, dt in self.layout.shapes]
         self.copier = copier
         if self.device == "cpu":                   # OrtValues over host memory: a write is a slice copy
-            self.host = tuple(np.zeros(sh, np.float32) if copier is None else copier.pinned(sh) for sh in shapes)
+            self.host = tuple(np.zeros(sh, dt) if copier is None else copier.pinned(sh, dt) for sh, dt in shapes)
             self.values = tuple(ort.OrtValue.ortvalue_from_numpy(a) for a in self.host)
             self._copy = None
         else:
             self.host = None
-            self.values = tuple(ort.OrtValue.ortvalue_from_shape_and_type(list(sh), np.float32, self.device, 0)
-                                for sh in shapes)
+            self.values = tuple(ort.OrtValue.ortvalue_from_shape_and_type(list(sh), dt, self.device, 0)
+                                for sh, dt in shapes)
             self._copy = _DeviceCopy(self.values, self.providers, copier)
-            zero = tuple(np.zeros(sh[1:], np.float32) for sh in shapes)
+            zero = tuple(np.zeros(sh[1:], dt) for sh, dt in shapes)
             for i in range(n):
                 self._copy.write(i, zero)
         # one session per k (experts a token runs in this call), made on first use with the
@@ -74,36 +79,36 @@ class ExpertStack:
         self._fillers = (_FILLER_BASE - np.arange(n, dtype=np.float32))[None, None, :]
 
     def write(self, i: int, gate_up: np.ndarray, down: np.ndarray) -> None:
-        """Copy one expert's interleaved weights into entry ``i``."""
-        if self._copy is None:
-            self.host[0][i], self.host[1][i] = gate_up, down
-        else:
-            self._copy.write(i, (gate_up, down))
+        """Encode one expert's interleaved fp32 weights at the stack's precision into entry ``i``."""
+        self.write_raw(i, self.layout.encode(gate_up, down))
 
-    def weights(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+    def write_raw(self, i: int, arrays: Sequence[np.ndarray]) -> None:
+        """Copy an entry's arrays, already at the stack's precision (e.g. another stack's), into entry ``i``."""
+        if self._copy is None:
+            for dst, src in zip(self.host, arrays):
+                dst[i] = src
+        else:
+            self._copy.write(i, arrays)
+
+    def weights(self, i: int) -> tuple[np.ndarray, ...]:
         """Entry ``i`` as host arrays (a copy from the device)."""
         if self.host is not None:
-            return self.host[0][i].copy(), self.host[1][i].copy()
+            return tuple(a[i].copy() for a in self.host)
         return tuple(v.numpy()[i] for v in self.values)
 
     def _session(self, k: int) -> ort.InferenceSession:
         s = self._sessions.get(k)
         if s is None:
-            graph = moe_graph(self.hidden, self.inter, self.n, k, True)
+            bits = self.layout.bits
+            graph = (moe_graph(self.hidden, self.inter, self.n, k, True) if bits is None
+                     else qmoe_graph(self.hidden, self.inter, self.n, k, bits))
             s = self._sessions[k] = ort.InferenceSession(graph, self._options, providers=self.providers)
         return s
 
     def run(self, x: np.ndarray, index: np.ndarray, weights: np.ndarray) -> np.ndarray:
         """x [1, T, H]; index [T, A] stack entries (-1: not in this lane); weights [T, A].
-        Returns sum over the lane's entries of weight * expert(x), [1, T, H].
-
-        On CUDA (onnxruntime-gpu 1.30, fp32) the operator's output is wrong for some rows
-        when T > 1 (relative error 0.2-0.4 against the CPU, with or without fillers;
-        benchmarks/cuda_stack_check.py), and right at T = 1: there each row is its own call."""
+        Returns sum over the lane's entries of weight * expert(x), [1, T, H]."""
         t = x.shape[1]
-        if t > 1 and self.device == "cuda":
-            return np.concatenate([self.run(x[:, r:r + 1], index[r:r + 1], weights[r:r + 1]) for r in range(t)],
-                                  axis=1)
         chosen = index >= 0
         k = max(1, int(chosen.sum(axis=1).max()))
         logits = np.repeat(self._fillers, t, axis=1)                                 # [1, T, n]
@@ -112,7 +117,7 @@ class ExpertStack:
         b = self._session(k).io_binding()
         b.bind_cpu_input(naming.NORMED, np.ascontiguousarray(x, dtype=np.float32))
         b.bind_cpu_input(naming.ROUTER_LOGITS, logits)
-        for name, value in zip(("w_gate_up", "w_down"), self.values):
+        for name, value in zip(self.layout.names, self.values):
             b.bind_ortvalue_input(name, value)
         b.bind_output(naming.FFN_OUT)
         self._session(k).run_with_iobinding(b)
@@ -130,7 +135,8 @@ class _DeviceCopy:
         from ..graphs import copy_graph
         self.values, self.copier = values, copier
         self.shapes = [v.shape()[1:] for v in values]
-        self.strides = [4 * int(np.prod(sh)) for sh in self.shapes]
+        self.dtypes = [np.float32 if "float" in v.data_type() else np.uint8 for v in values]
+        self.strides = [np.dtype(dt).itemsize * int(np.prod(sh)) for dt, sh in zip(self.dtypes, self.shapes)]
         self.session = ort.InferenceSession(copy_graph(len(values)), session_options(), providers=list(providers))
 
     def write(self, i: int, arrays: Sequence[np.ndarray]) -> None:
@@ -139,7 +145,11 @@ class _DeviceCopy:
             return
         b = self.session.io_binding()
         for j, (value, arr) in enumerate(zip(self.values, arrays)):
-            b.bind_cpu_input(f"src{j}", np.ascontiguousarray(arr, dtype=np.float32).reshape(-1))
+            raw = np.ascontiguousarray(arr, dtype=self.dtypes[j]).reshape(-1).view(np.uint8)
+            if raw.size % 4:
+                raise ConfigError(f"an expert array of {raw.size} bytes cannot be copied as float words; install CuPy "
+                                  "(the cuda extra) for byte copies")
+            b.bind_cpu_input(f"src{j}", raw.view(np.float32))          # a byte copy, whatever the type
             b.bind_output(f"dst{j}", "cuda", 0, np.float32, [self.strides[j] // 4],
                           value.data_ptr() + i * self.strides[j])
         self.session.run_with_iobinding(b)
@@ -152,42 +162,31 @@ class SlotPool(ExpertStack):
     def stand_in(self) -> bool:
         return self.device == "cpu"
 
-    def load(self, slot: int, weights: Sequence[np.ndarray]) -> None:
-        """Copy an expert (interleaved: gate/up, down) into the slot."""
-        self.write(slot, *weights)
+    def load(self, slot: int, arrays: Sequence[np.ndarray]) -> None:
+        """Copy an expert, at the pool's precision (a host stack's entry, or `layout.encode`), into the slot."""
+        self.write_raw(slot, arrays)
 
 
 class HostStacks:
-    """Every expert of the bundle in host memory, one stack per MoE layer, filled when
-    made through ``read(layer, expert) -> (w_gate, w_up, w_down)`` (as the all-resident
-    backend does: filling on first use put a read and a transposing copy of 19 MB, tens
-    of milliseconds, inside decoding steps)."""
+    """Every expert of the bundle in host memory at the tiers' precision, one stack per MoE
+    layer, filled when made through ``read(layer, expert) -> (w_gate, w_up, w_down)`` (as
+    the all-resident backend does: filling on first use put a read and a transposing copy
+    of 19 MB, tens of milliseconds, inside decoding steps)."""
 
     def __init__(self, layers: Sequence[int], num_experts: int, hidden: int, inter: int, top_k: int, read,
-                 copier: Optional[PinnedCopier] = None):
-        self._read = read
+                 copier: Optional[PinnedCopier] = None, bits: Optional[int] = None):
         sessions: dict = {}
-        self.stacks = {layer: ExpertStack(num_experts, hidden, inter, top_k, sessions=sessions, copier=copier)
-                       for layer in layers}
-        self.filled = {layer: np.zeros(num_experts, dtype=bool) for layer in layers}
-        for layer in layers:
-            self.ensure(layer, range(num_experts))
+        self.stacks = {layer: ExpertStack(num_experts, hidden, inter, top_k, sessions=sessions, copier=copier,
+                                          bits=bits) for layer in layers}
+        for layer, stack in self.stacks.items():
+            for e in range(num_experts):
+                stack.write(e, *interleaved(*read(layer, e)))
 
-    def ensure(self, layer: int, experts: Sequence[int]) -> None:
-        filled = self.filled[layer]
-        for e in experts:
-            if not filled[e]:
-                self.stacks[layer].write(e, *interleaved(*self._read(layer, e)))
-                filled[e] = True
-
-    def get(self, layer: int, expert: int) -> tuple[np.ndarray, np.ndarray]:
-        """The expert's interleaved weights (views into the stack)."""
-        self.ensure(layer, (expert,))
-        host = self.stacks[layer].host
-        return host[0][expert], host[1][expert]
+    def get(self, layer: int, expert: int) -> tuple[np.ndarray, ...]:
+        """The expert's entry (views into the stack), ready for a slot of the same precision."""
+        return tuple(a[expert] for a in self.stacks[layer].host)
 
     def run(self, layer: int, x: np.ndarray, index: np.ndarray, weights: np.ndarray) -> np.ndarray:
-        self.ensure(layer, np.unique(index[index >= 0]).tolist())
         return self.stacks[layer].run(x, index, weights)
 
 

@@ -24,7 +24,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from ...errors import BudgetError
+from ...errors import BudgetError, ConfigError
 from ...manifest import Manifest
 from ...profile import DeviceProfile
 from ..routing import ExpertGroup, Key, combine, group_by_expert
@@ -36,6 +36,7 @@ from .counters import TierCounters
 from .plan import StepPlan
 from .pinned import PinnedCopier
 from .pools import HostPool, HostStacks, SlotPool, interleaved, lane_index
+from .quant import ExpertLayout
 from .prefetch import Prefetcher
 from .slots import SlotTable
 from .store import ExpertStore
@@ -51,13 +52,16 @@ class TieredExperts:
     def __init__(self, bundle: Path, manifest: Manifest, policy: Policy, fast_budget: Optional[int],
                  ram_budget: Optional[int] = None, fast_providers: Sequence[str] = (CPU,),
                  profile: Optional[DeviceProfile] = None, overlap: Optional[bool] = None,
-                 link_bytes_per_s: Optional[float] = None):
+                 link_bytes_per_s: Optional[float] = None, expert_bits: Optional[int] = None):
         self.manifest, self.policy = manifest, policy
+        d = manifest.dims
+        if expert_bits is not None and ram_budget is not None:
+            raise ConfigError("quantized experts live in RAM, all of them; drop --ram-budget or --expert-quant")
+        layout = ExpertLayout(d.hidden_size, d.expert_intermediate, expert_bits)
         self.counters = TierCounters()
         self.link_bytes_per_s = link_bytes_per_s       # emulated link rate: a copy takes at least bytes / rate
         self.store = ExpertStore(bundle, manifest, ram_budget)
-        self.expert_bytes = self.store.expert_bytes
-        d = manifest.dims
+        self.expert_bytes = layout.nbytes             # an expert in a slot or a copy, at the tiers' precision
         total = len(manifest.moe_layers()) * d.num_experts
         self.num_slots = total if fast_budget is None else min(total, fast_budget // self.expert_bytes)
         self.view = TierView(tuple(manifest.moe_layers()), d.num_layers, d.num_experts, d.top_k, self.num_slots,
@@ -67,11 +71,11 @@ class TieredExperts:
         on_device = bool(self.num_slots) and fast_providers[0] != CPU
         copier = PinnedCopier.create() if on_device else None       # None: pageable copies through ORT
         self.fast = SlotPool(self.num_slots, d.hidden_size, d.expert_intermediate, d.top_k, fast_providers,
-                             copier=copier) if self.num_slots else None
+                             copier=copier, bits=expert_bits) if self.num_slots else None
         # every expert in RAM: one MoE call per layer over its host stack; under a RAM
         # budget the store's LRU holds them and the slow lane runs them one by one
         self.stacks = (HostStacks(manifest.moe_layers(), d.num_experts, d.hidden_size, d.expert_intermediate,
-                                  d.top_k, self.store.read, copier) if ram_budget is None else None)
+                                  d.top_k, self.store.read, copier, expert_bits) if ram_budget is None else None)
         self.host = HostPool(d.hidden_size, d.expert_intermediate) if ram_budget is not None else None
         self.overlap = not self.stand_in if overlap is None else overlap
         self.executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="spac-tier")
@@ -104,7 +108,8 @@ class TieredExperts:
 
     # ---- residency mechanism -------------------------------------------------------------
     def _load(self, slot: int, key: Key) -> None:
-        weights = self.stacks.get(*key) if self.stacks is not None else interleaved(*self.store.get(*key))
+        weights = (self.stacks.get(*key) if self.stacks is not None
+                   else self.fast.layout.encode(*interleaved(*self.store.get(*key))))
         t0 = time.perf_counter()
         self.fast.load(slot, weights)
         nbytes = sum(w.nbytes for w in weights)

@@ -1,0 +1,85 @@
+"""Expert weights for ``com.microsoft.QMoE``: symmetric integer weights with one fp32 scale
+per output row (8 bits: ``uint8 = q + 128``; 4 bits: two ``q + 8`` nibbles per byte, the
+low nibble first), and the shapes a tier stores for an expert at each precision.
+
+    layout = ExpertLayout(hidden, inter, bits=8)         # bits None: fp32 (the MoE operator)
+    arrays = layout.encode(gate_up, down)                # what a stack entry holds
+    layout.nbytes                                        # bytes per expert at this precision
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+from ...errors import ConfigError
+
+QUANT = {"int8": 8, "int4": 4}          # --expert-quant choices (besides none)
+
+
+def bits_of(name: Optional[str]) -> Optional[int]:
+    if name is None or name == "none":
+        return None
+    if name not in QUANT:
+        raise ConfigError(f"unknown expert quantization '{name}'; use none, int8 or int4")
+    return QUANT[name]
+
+
+def quantize(w: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
+    """w [..., rows, cols] -> (packed uint8 [..., rows, cols * bits / 8], scales [..., rows])."""
+    qmax = 2 ** (bits - 1) - 1
+    scale = (np.abs(w).max(axis=-1) / qmax).astype(np.float32)
+    safe = np.where(scale > 0, scale, 1.0)[..., None]
+    q = np.clip(np.rint(w / safe), -qmax - 1, qmax).astype(np.int16)
+    if bits == 8:
+        return (q + 128).astype(np.uint8), scale
+    u = (q + 8).astype(np.uint8)
+    return (u[..., 0::2] | (u[..., 1::2] << 4)).astype(np.uint8), scale
+
+
+def dequantize(packed: np.ndarray, scale: np.ndarray, bits: int) -> np.ndarray:
+    """The fp32 weights a packed array and its scales stand for."""
+    if bits == 8:
+        q = packed.astype(np.int16) - 128
+    else:
+        q = np.empty(packed.shape[:-1] + (2 * packed.shape[-1],), np.int16)
+        q[..., 0::2], q[..., 1::2] = (packed & 0xF).astype(np.int16) - 8, (packed >> 4).astype(np.int16) - 8
+    return (q * scale[..., None]).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class ExpertLayout:
+    """The arrays one expert occupies in a stack: fp32 (gate/up [2I, H], down [H, I]) or
+    quantized (the packed weights, each followed by its scales)."""
+
+    hidden: int
+    inter: int
+    bits: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        if self.bits == 4 and (self.hidden % 2 or self.inter % 2):
+            raise ConfigError(f"int4 experts need even hidden ({self.hidden}) and intermediate ({self.inter}) sizes; "
+                              "use --expert-quant int8")
+
+    @property
+    def shapes(self) -> tuple[tuple[tuple[int, ...], type], ...]:
+        h, i = self.hidden, self.inter
+        if self.bits is None:
+            return (((2 * i, h), np.float32), ((h, i), np.float32))
+        pack = 8 // self.bits
+        return (((2 * i, h // pack), np.uint8), ((2 * i,), np.float32), ((h, i // pack), np.uint8), ((h,), np.float32))
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return ("w_gate_up", "w_down") if self.bits is None else ("w_gate_up", "s_gate_up", "w_down", "s_down")
+
+    @property
+    def nbytes(self) -> int:
+        return sum(int(np.prod(sh)) * np.dtype(dt).itemsize for sh, dt in self.shapes)
+
+    def encode(self, gate_up: np.ndarray, down: np.ndarray) -> tuple[np.ndarray, ...]:
+        if self.bits is None:
+            return gate_up, down
+        return (*quantize(gate_up, self.bits), *quantize(down, self.bits))
