@@ -46,13 +46,14 @@ def tape_prompts(tapes: Sequence, per_domain: Optional[int]) -> list[tuple[Promp
 
 def _generator(bundle: Path, cell: Cell, fast_provider: Sequence[str], threads: int,
                profile: Optional[DeviceProfile], backbone: Sequence[str],
-               link: Optional[float]):  # type: ignore[no-untyped-def]
+               link: Optional[float], quant: Optional[str]):  # type: ignore[no-untyped-def]
     from ..runtime import Generator
     from ..runtime.config import TierConfig
 
     if cell.policy == "none":
         return Generator.from_bundle(bundle, threads=threads, providers=backbone)
-    tiers = TierConfig(cell.policy, cell.budget, None, tuple(fast_provider), profile=profile, link_bytes_per_s=link)
+    tiers = TierConfig(cell.policy, cell.budget, None, tuple(fast_provider), profile=profile, link_bytes_per_s=link,
+                       expert_quant=quant)
     return Generator.from_bundle(bundle, threads=threads, providers=backbone, tiers=tiers)
 
 
@@ -75,13 +76,14 @@ def _one(gen, cell: Cell, prompt: Prompt, tape) -> RunResult:  # type: ignore[no
 def run_grid(bundle: Path, cells: Sequence[Cell], prompts: Sequence[tuple[Prompt, object]], *,
              fast_provider: Sequence[str] = (CPU,), backbone: Sequence[str] = (CPU,), threads: int = 1,
              profile: Optional[DeviceProfile] = None, link_bytes_per_s: Optional[float] = None,
-             progress: Optional[Progress] = None) -> list[RunResult]:
+             progress: Optional[Progress] = None, expert_quant: Optional[str] = None) -> list[RunResult]:
     """Every cell on every prompt ((prompt, tape or None) pairs); results in run order."""
     total, done = len(cells) * len(prompts), 0
     results: list[RunResult] = []
     for _, group in groupby(cells, key=lambda c: (c.policy, c.budget)):
         group = list(group)
-        with _generator(bundle, group[0], fast_provider, threads, profile, backbone, link_bytes_per_s) as gen:
+        with _generator(bundle, group[0], fast_provider, threads, profile, backbone, link_bytes_per_s,
+                        expert_quant) as gen:
             _one(gen, group[0], *prompts[0])                         # warm-up, not counted
             for cell in group:
                 for prompt, tape in prompts:

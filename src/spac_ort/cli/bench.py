@@ -11,7 +11,8 @@ import click
 
 from ..errors import ConfigError
 from ..runtime.sessions import FAST_PROVIDERS
-from .common import Command, Progress, setup_logging, sigterm_as_exception, user_errors
+from .common import (Command, Progress, closed_stdout_ends_quietly, setup_logging, sigterm_as_exception,
+                     user_errors)
 
 _POLICIES = "none,cpu,static,lru,sd-static,spac,resident"
 
@@ -61,6 +62,8 @@ def _items(text: str) -> list[str]:
               help="Providers offered the embed, layer, head and draft graphs.")
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
               help="Intra-op threads of each ONNX Runtime session.")
+@click.option("--expert-quant", type=click.Choice(["none", "int8", "int4"]), default="none", show_default=True,
+              help="Experts of the tiered policies held as 8- or 4-bit integers.")
 @click.option("--link-gbps", type=click.FloatRange(min=0, min_open=True),
               help="EMULATE a slower host-to-fast-tier link: every copy takes at least bytes / rate (GB/s), "
                    "and a calibrated profile plans with that rate.")
@@ -74,7 +77,7 @@ def _items(text: str) -> list[str]:
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar, only errors on stderr.")
 def main(bundle: Path, policies: str, budgets: str, ks: str, prompts_path: Optional[Path], tapes: Optional[Path],
          per_domain: Optional[int], new_tokens: int, fast_provider: str, backbone_provider: str, threads: int,
-         link_gbps: Optional[float], calibrate: bool, profile_path: Optional[Path], out_dir: Path, no_plots: bool, verbose: int,
+         expert_quant: str, link_gbps: Optional[float], calibrate: bool, profile_path: Optional[Path], out_dir: Path, no_plots: bool, verbose: int,
          quiet: bool) -> None:
     """Run every placement policy, fast budget and draft length K on the same prompts in one
     process, after one warm-up per generator. Prints a table per domain with tokens/s,
@@ -82,7 +85,7 @@ def main(bundle: Path, policies: str, budgets: str, ks: str, prompts_path: Optio
     hit rate, the share of expert work on the fast tier and bytes copied per token; writes
     OUT/bench.json (per-layer expert time included) and PNG plots."""
     setup_logging(verbose, quiet)
-    with user_errors(), sigterm_as_exception():
+    with user_errors(), sigterm_as_exception(), closed_stdout_ends_quietly():
         from ..bench.grid import grid, load_prompts, summarise, to_json
         from ..bench.runner import default_prompts, run_grid, tape_prompts
         from ..profile import DeviceProfile
@@ -109,13 +112,15 @@ def main(bundle: Path, policies: str, budgets: str, ks: str, prompts_path: Optio
         bar = Progress(enabled=not quiet)
         try:
             results = run_grid(bundle, cells, prompts, fast_provider=fast, backbone=backbone, threads=threads,
-                               profile=profile, link_bytes_per_s=link, progress=bar)
+                               profile=profile, link_bytes_per_s=link, progress=bar,
+                               expert_quant=None if expert_quant == "none" else expert_quant)
         finally:
             bar.close()
         rows = summarise(results)
         _report(rows, out_dir, no_plots)
         meta = {"bundle": str(bundle), "fast_provider": fast_provider, "backbone_provider": backbone_provider,
                 "threads": threads, "new_tokens": new_tokens, "prompts": len(prompts), "link_gbps_emulated": link_gbps,
+                "expert_quant": expert_quant,
                 "profile": None if profile is None else vars(profile)}
         (out_dir / "bench.json").write_text(json.dumps(to_json(rows, results, meta), indent=1) + "\n",
                                             encoding="utf-8")

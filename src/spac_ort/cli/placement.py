@@ -61,6 +61,9 @@ _OPTIONS = [
                                        "('17%'). Default: all experts."),
     click.option("--ram-budget", help="Host memory for expert weights, same units; the rest is read from the "
                                       "bundle on demand. Default: unlimited."),
+    click.option("--expert-quant", type=click.Choice(["none", "int8", "int4"]), default="none", show_default=True,
+                 help="With --policy: hold experts on both tiers as 8- or 4-bit integers (one scale per output "
+                      "row; com.microsoft.QMoE), so a fast budget holds 4x or 7x as many."),
     click.option("--fast-provider", type=click.Choice(FAST_PROVIDERS), default="cpu", show_default=True,
                  help="Execution provider of the fast tier (cpu: a second CPU pool stands in for an "
                       "accelerator)."),
@@ -90,7 +93,7 @@ def placement_options(command: Callable[..., Any]) -> Callable[..., Any]:
 def load_generator(bundle: Path, *, progress: bool, policy: Optional[str], profile_path: Optional[Path],
                    fast_provider: str, utility: str, fast_budget: Optional[str], ram_budget: Optional[str],
                    overlap: str, experts_backend: str, draft_dir: Optional[Path], verify: bool,
-                   threads: int):  # type: ignore[no-untyped-def]
+                   threads: int, expert_quant: str = "none"):  # type: ignore[no-untyped-def]
     """A `Generator` for BUNDLE with the placement options' values (a progress bar on stderr
     while it loads, when ``progress``)."""
     from ..errors import ConfigError
@@ -106,9 +109,12 @@ def load_generator(bundle: Path, *, progress: bool, policy: Optional[str], profi
         tiers = TierConfig(policy, fast_budget, ram_budget, fast_providers(fast_provider),
                            DeviceProfile.load(profile_path) if profile_path else None,
                            SpacOptions(utility=UtilityConfig.for_mode(utility)),
-                           None if overlap == "auto" else overlap == "on")
+                           None if overlap == "auto" else overlap == "on",
+                           expert_quant=None if expert_quant == "none" else expert_quant)
     elif fast_budget is not None or ram_budget is not None:
         raise ConfigError("memory budgets need a placement policy; pass --policy (e.g. spac)")
+    elif expert_quant != "none":
+        raise ConfigError("quantized experts live in the tiers; pass --policy (e.g. spac or cpu)")
     bar = Progress(enabled=progress)
     try:
         return Generator.from_bundle(bundle, progress=bar, tiers=tiers, verify=verify, draft=draft_dir,

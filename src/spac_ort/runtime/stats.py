@@ -119,7 +119,8 @@ class RunReport:
             lines.append(self.render_k_histogram())
         if self.tiers:
             t = self.tiers
-            lines.append(f"policy {t['policy']} (fast tier: {t['fast_tier']}, {t['fast_slots']} slots): hit rate "
+            precision = f" of {t['experts']} experts" if t.get("experts", "fp32") != "fp32" else ""
+            lines.append(f"policy {t['policy']} (fast tier: {t['fast_tier']}, {t['fast_slots']} slots{precision}): hit rate "
                          f"{t['hit_rate']:.1%}, fast share {t['fast_share']:.1%}, fetches {t['fetches_on_demand']} "
                          f"on demand + {t['fetches_prefetch']} prefetched, evictions {t['evictions']}, "
                          f"{t['bytes_to_fast_per_token'] / 1e6:.2f} MB to the fast tier per token")

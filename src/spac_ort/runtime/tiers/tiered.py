@@ -268,8 +268,10 @@ class TieredExperts:
         if since is None:
             since = {k: (0 if not isinstance(v, dict) else {}) for k, v in now.items()}
             since["bytes_copied"] = self.setup_bytes
+        bits = self.stacks.stacks[self.view.moe_layers[0]].layout.bits if self.stacks is not None else None
         out = {"policy": self.policy.name, "fast_tier": "cpu stand-in" if self.stand_in else "accelerator",
-               "fast_slots": self.num_slots, "bytes_initial_load": self.setup_bytes}
+               "fast_slots": self.num_slots, "experts": "fp32" if bits is None else f"int{bits}",
+               "bytes_initial_load": self.setup_bytes}
         out.update(self.counters.summary(since, now, new_tokens))
         return out
 
