@@ -28,6 +28,8 @@ class ReplayStats:
     fetches_prefetch: int = 0
     evictions: int = 0
     paths: dict[str, int] = field(default_factory=dict)
+    step_seconds: list[float] = field(default_factory=list)   # per record: expert time by the view's profile
+    step_lanes: list[int] = field(default_factory=list)        # per record: lane calls (a layer's non-empty lanes)
 
     @property
     def hit_rate(self) -> float:
@@ -62,15 +64,21 @@ class _Tier:
         return True
 
 
-def replay(policy: Policy, view: TierView, records: Iterable[StepRecord]) -> ReplayStats:
+def replay(policy: Policy, view: TierView, records: Iterable[StepRecord], overlap: bool = True) -> ReplayStats:
+    """``overlap``: the two lanes of a layer run at the same time (an accelerator beside the
+    CPU), else one after the other, with prefetch copies inline after each pass (a CPU
+    stand-in); this only changes `ReplayStats.step_seconds`."""
     state: Any = policy.initial_state(view)
     ranking = policy.ranking(view, state)
     tier, stats = _Tier(view.slots), ReplayStats()
     for key in policy.initial_residents(view)[: view.slots]:
         tier.claim(key, ranking, np.inf, set())
     for record in records:
+        seconds, lanes = 0.0, 0
         for layer in view.moe_layers:
-            _layer(policy, view, state, ranking, tier, stats, layer, record.counts[layer])
+            s, n = _layer(policy, view, state, ranking, tier, stats, layer, record.counts[layer], overlap)
+            seconds, lanes = seconds + s, lanes + n
+        prefetched = stats.fetches_prefetch
         decision = policy.observe(view, state, record)
         state, ranking = decision.state, decision.ranking
         # the tier's plan orders prefetches by deadline; layers are needed in their order
@@ -78,12 +86,17 @@ def replay(policy: Policy, view: TierView, records: Iterable[StepRecord]) -> Rep
         for key in prefetch if policy.prefetches and view.slots else ():
             if tier.claim(key, ranking, float(ranking.floor[key]), set()):
                 stats.fetches_prefetch += 1
+        if not overlap:
+            seconds += (stats.fetches_prefetch - prefetched) * view.profile.transfer(view.expert_bytes)
+        stats.step_seconds.append(seconds)
+        stats.step_lanes.append(lanes)
     stats.evictions = tier.evictions
     return stats
 
 
 def _layer(policy: Policy, view: TierView, state: Any, ranking: Ranking, tier: _Tier, stats: ReplayStats,
-           layer: int, counts: np.ndarray) -> None:
+           layer: int, counts: np.ndarray, overlap: bool = True) -> tuple[float, int]:
+    """Place one layer's demand; returns its expert seconds by the profile and its lane calls."""
     experts = np.flatnonzero(counts)
     tokens = counts[experts]
     resident = np.array([(layer, int(e)) in tier.last_use for e in experts], dtype=bool)
@@ -103,3 +116,10 @@ def _layer(policy: Policy, view: TierView, state: Any, ranking: Ranking, tier: _
     stats.pairs += int(tokens.sum())
     stats.pairs_hit += int(tokens[resident].sum())
     stats.pairs_fast += int(sum(n for e, n in zip(experts, tokens) if int(e) in fast))
+    p = view.profile
+    fetched = sum(1 for e in fetch if int(e) in fast)
+    fast_s = sum(p.fast(int(n)) for e, n in zip(experts, tokens) if int(e) in fast) + fetched * p.transfer(
+        view.expert_bytes)
+    slow_s = sum(p.slow(int(n)) for e, n in zip(experts, tokens) if int(e) not in fast)
+    lanes = int(bool(fast)) + int(len(fast) < len(experts))
+    return (max(fast_s, slow_s) if overlap else fast_s + slow_s), lanes
