@@ -32,7 +32,7 @@ def _trace(bundle: Path, prompts: list[dict], k: int, new_tokens: int, path: Pat
 def main() -> None:
     from spac_ort.bench.grid import Cell, Prompt, summarise
     from spac_ort.bench.runner import run_grid
-    from spac_ort.bench.simulate import load_records, measure_system, predict
+    from spac_ort.bench.simulate import load_records, measure_engine, measure_system, predict
     from spac_ort.manifest import load_manifest
     from spac_ort.runtime import Generator
     from spac_ort.runtime.calibrate import calibrate
@@ -61,11 +61,15 @@ def main() -> None:
     total = len(m.moe_layers()) * d.num_experts
     view = TierView(tuple(m.moe_layers()), d.num_layers, d.num_experts, d.top_k, 0, nbytes, device)
     slots = int(args.budget * total)
+    budget = f"{100 * args.budget:g}%"
+    for policy, k in POLICIES.items():            # the engine's own work per layer and step, on trace routing
+        layer_s, step_s = measure_engine(args.bundle, m, load_records(traces[k], d.num_experts), policy, budget,
+                                         system)
+        system.engine_layer_s[policy], system.engine_step_s[policy] = layer_s, step_s
     predicted = {}
     for policy, k in POLICIES.items():
         records = load_records(traces[k], d.num_experts)
         predicted[policy] = predict(records, policy, total if policy == "resident" else slots, view, system)
-    budget = f"{100 * args.budget:g}%"
     cells = [Cell(p, None if p == "resident" else budget, None if k == 0 else k) for p, k in POLICIES.items()]
     items = [(Prompt(p["prompt"], None, p["domain"], args.new_tokens), None) for p in prompts]
     rows = {r["policy"]: r for r in summarise(run_grid(args.bundle, cells, items, profile=device))

@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Sequence
 
@@ -45,6 +45,9 @@ class SystemProfile:
     draft_per_token_s: float
     lane_call_s: float
     overlap: bool
+    pass_overhead_s: float = 0.0                          # the decode loop's own work per pass (records, observers)
+    engine_layer_s: dict = field(default_factory=dict)   # policy -> the tiered engine's own work per MoE layer pass
+    engine_step_s: dict = field(default_factory=dict)    # policy -> its work after each pass (the policy's observe)
 
     def save(self, path: Path) -> None:
         data = asdict(self)
@@ -61,7 +64,7 @@ class SystemProfile:
                               "with spac-bench BUNDLE --measure-system FILE") from None
         for f in fields(cls):
             v = getattr(system, f.name)
-            if f.name not in ("device", "overlap") and (not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0):
+            if f.name not in ("device", "overlap", "engine_layer_s", "engine_step_s") and (not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0):
                 raise ConfigError(f"system profile {path}: {f.name} is {v!r}; it must be a finite number >= 0")
         return system
 
@@ -80,31 +83,21 @@ def load_records(path: Path, num_experts: int) -> list[StepRecord]:
 def predict(records: Sequence[StepRecord], policy: str, budget_slots: int, view: TierView,
             system: SystemProfile) -> dict:
     """Predicted decode tokens/s (and hit rate) of ``policy`` with ``budget_slots`` fast slots."""
-    runs = _runs(records)
     v = TierView(view.moe_layers, view.num_layers, view.num_experts, view.top_k, budget_slots, view.expert_bytes,
                  system.device)
-    tokens, seconds, hits, pairs = 0, 0.0, 0, 0
-    for run in runs:                   # each generation starts from the policy's initial state, as a fresh run
-        stats = replay(make_policy(policy), v, run, overlap=system.overlap)
-        for r, expert_s, lanes in zip(run, stats.step_seconds, stats.step_lanes):
-            if r.kind == "prefill":
-                continue
-            tokens += len(r.emitted)
-            seconds += (system.target_fixed_s + system.target_per_token_s * r.tokens + expert_s
-                        + lanes * system.lane_call_s + len(r.proposed) * system.draft_per_token_s)
-        hits, pairs = hits + stats.pairs_hit, pairs + stats.pairs
+    # one replay over the whole trace: the placement stays warm from one generation to the next, as in a process
+    stats = replay(make_policy(policy), v, records, overlap=system.overlap)
+    tokens, seconds = 0, 0.0
+    for r, expert_s, lanes in zip(records, stats.step_seconds, stats.step_lanes):
+        if r.kind == "prefill":
+            continue
+        tokens += len(r.emitted)
+        seconds += (system.target_fixed_s + system.target_per_token_s * r.tokens + expert_s
+                    + lanes * system.lane_call_s + len(r.proposed) * system.draft_per_token_s
+                    + system.pass_overhead_s + len(view.moe_layers) * system.engine_layer_s.get(policy, 0.0)
+                    + system.engine_step_s.get(policy, 0.0))
     return {"policy": policy, "slots": budget_slots, "tokens_per_s": tokens / seconds if seconds else 0.0,
-            "hit_rate": hits / pairs if pairs else 0.0}
-
-
-def _runs(records: Sequence[StepRecord]) -> list[list[StepRecord]]:
-    """Split a trace into generations (each starts with a prefill)."""
-    runs: list[list[StepRecord]] = []
-    for r in records:
-        if r.kind == "prefill" or not runs:
-            runs.append([])
-        runs[-1].append(r)
-    return runs
+            "hit_rate": stats.hit_rate}
 
 
 def _median(fn, repeats: int) -> float:  # type: ignore[no-untyped-def]
@@ -147,8 +140,81 @@ def measure_system(gen, ids: Sequence[int], device: DeviceProfile, overlap: bool
             gen.draft.forward(list(ids[:1]), dc)
             dc.truncate(dstart)
         draft_s = _median(draft_one, repeats)
+    pass_overhead = _loop_overhead(gen, ids, outside[1], repeats)
     stack = ExpertStack(1, d.hidden_size, d.expert_intermediate, 1)
     x = np.zeros((1, 1, d.hidden_size), np.float32)
     call = _median(lambda: stack.run(x, np.zeros((1, 1), np.int64), np.ones((1, 1), np.float32)), repeats)
     lane_call = max(call - device.slow(1), 0.0)
-    return SystemProfile(device, max(outside[1] - per_token, 0.0), per_token, draft_s, lane_call, overlap)
+    return SystemProfile(device, max(outside[1] - per_token, 0.0), per_token, draft_s, lane_call, overlap,
+                         pass_overhead)
+
+
+class _Drop:
+    def on_step(self, record) -> None:  # type: ignore[no-untyped-def]
+        pass
+
+
+def _loop_overhead(gen, ids: Sequence[int], outside_s: float, passes: int) -> float:  # type: ignore[no-untyped-def]
+    """Seconds per plain pass the decode loop adds to the pass itself, with a step observer
+    attached (so every pass builds its record, as under a policy)."""
+    gen.step_observers.append(_Drop())
+    try:
+        list(gen.generate(list(ids), max_new_tokens=passes + 1, speculative=False, stop_at_eos=False))
+    finally:
+        gen.step_observers.pop()
+    r = gen.report
+    experts = r.piece_seconds.get("experts", 0.0) * passes / (passes + 1)      # the prefill's share left out
+    return max(r.decode_seconds / passes - outside_s - experts / passes, 0.0)
+
+
+def _ids(counts: np.ndarray, t: int, top_k: int) -> np.ndarray:
+    """Routing ids [T, A] that give a layer's expert ``counts`` (tokens spread over rows)."""
+    ids = np.full((t, top_k), -1, np.int64)
+    fill = np.zeros(t, np.int64)
+    row = 0
+    for e in np.flatnonzero(counts):
+        for _ in range(int(counts[e])):
+            for _ in range(t):                          # the next row with room and without e
+                if fill[row] < top_k and e not in ids[row]:
+                    break
+                row = (row + 1) % t
+            ids[row, fill[row]] = e
+            fill[row] += 1
+            row = (row + 1) % t
+    return ids
+
+
+def measure_engine(bundle: Path, manifest, records: Sequence[StepRecord], policy: str, budget: str,
+                   system: SystemProfile, passes: int = 40) -> tuple[float, float]:  # type: ignore[no-untyped-def]
+    """The tiered engine's own seconds per MoE layer pass and per step for ``policy``: its
+    wall time over a trace's routing minus what the cost model charges for the lanes."""
+    from ..runtime.config import TierConfig
+    from ..runtime.loading import _tiered
+    from ..runtime.spac.policies import make_policy as _make
+
+    eng = _tiered(bundle, manifest, _make(policy), TierConfig(policy, None if policy == "resident" else budget,
+                                                              profile=system.device, overlap=system.overlap))
+    d = manifest.dims
+    rng = np.random.default_rng(0)
+    layer_s, modeled, steps, step_s, calls = 0.0, 0.0, 0, 0.0, 0
+    try:
+        for r in [x for x in records if x.kind != "prefill"][:passes]:
+            for layer in manifest.moe_layers():
+                ids = _ids(r.counts[layer], r.tokens, d.top_k)
+                w = np.where(ids >= 0, 1.0 / d.top_k, 0.0).astype(np.float32)
+                x = rng.standard_normal((1, r.tokens, d.hidden_size)).astype(np.float32)
+                t0 = time.perf_counter()
+                eng.run_layer(layer, x, [], ids=ids, weights=w)
+                layer_s += time.perf_counter() - t0
+                calls += 1
+            t0 = time.perf_counter()
+            eng.on_step(r)
+            step_s += time.perf_counter() - t0
+            steps += 1
+        v = TierView(tuple(manifest.moe_layers()), d.num_layers, d.num_experts, d.top_k, eng.num_slots,
+                     eng.expert_bytes, system.device)
+        stats = replay(_make(policy), v, records[: steps + 1], overlap=system.overlap)
+        modeled = sum(stats.step_seconds[1:]) + sum(stats.step_lanes[1:]) * system.lane_call_s
+    finally:
+        eng.close()
+    return max(layer_s - modeled, 0.0) / max(calls, 1), step_s / max(steps, 1)
