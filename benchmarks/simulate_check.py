@@ -32,11 +32,11 @@ def _trace(bundle: Path, prompts: list[dict], k: int, new_tokens: int, path: Pat
 def main() -> None:
     from spac_ort.bench.grid import Cell, Prompt, summarise
     from spac_ort.bench.runner import run_grid
-    from spac_ort.bench.simulate import load_records, measure_engine, measure_system, predict
+    from spac_ort.bench.simulate import load_records, measure_system_file, predict
     from spac_ort.manifest import load_manifest
-    from spac_ort.runtime import Generator
     from spac_ort.runtime.calibrate import calibrate
     from spac_ort.runtime.spac.policies import TierView
+    from spac_ort.runtime.tiers.quant import ExpertLayout
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--bundle", type=Path, default=ROOT / "bench-out" / "ref-fused")
@@ -52,20 +52,15 @@ def main() -> None:
     for k, path in traces.items():
         _trace(args.bundle, prompts, k, args.new_tokens, path)
     device = calibrate(args.bundle, repeats=20)
-    with Generator.from_bundle(args.bundle) as gen:
-        system = measure_system(gen, gen.encode(prompts[0]["prompt"]), device, overlap=False)
     m = load_manifest(args.bundle)
     d = m.dims
-    from spac_ort.runtime.tiers.quant import ExpertLayout
     nbytes = ExpertLayout(d.hidden_size, d.expert_intermediate).nbytes
     total = len(m.moe_layers()) * d.num_experts
     view = TierView(tuple(m.moe_layers()), d.num_layers, d.num_experts, d.top_k, 0, nbytes, device)
     slots = int(args.budget * total)
     budget = f"{100 * args.budget:g}%"
-    for policy, k in POLICIES.items():            # the engine's own work per layer and step, on trace routing
-        layer_s, step_s = measure_engine(args.bundle, m, load_records(traces[k], d.num_experts), policy, budget,
-                                         system)
-        system.engine_layer_s[policy], system.engine_step_s[policy] = layer_s, step_s
+    system = measure_system_file(args.bundle, {p: traces[k] for p, k in POLICIES.items()}, device, False,
+                                 [p["prompt"] for p in prompts], budget)
     predicted = {}
     for policy, k in POLICIES.items():
         records = load_records(traces[k], d.num_experts)

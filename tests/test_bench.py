@@ -72,3 +72,28 @@ def test_bad_options_are_one_line(demo_bundle, tmp_path, args, message):
     res = CliRunner().invoke(bench_cli.main, [str(demo_bundle), "-o", str(tmp_path / "o"), *args])
     assert res.exit_code == 2
     assert res.output.count("\n") == 1 and message in res.output
+
+
+def test_measure_a_system_profile_then_predict_from_a_trace(demo_bundle, tmp_path):
+    from spac_ort.cli import run as run_cli
+
+    trace = tmp_path / "trace.jsonl"
+    res = CliRunner().invoke(run_cli.main, [str(demo_bundle), "-p", "def add(a, b):", "-n", "24", "-k", "4",
+                                            "--trace", str(trace), "-q"])
+    assert res.exit_code == 0, res.output
+    system = tmp_path / "system.json"
+    res = CliRunner().invoke(bench_cli.main, [str(demo_bundle), "--policies", "cpu,spac", "--trace", str(trace),
+                                              "--measure-system", str(system), "-q"])
+    assert res.exit_code == 0, res.output
+    data = json.loads(system.read_text())
+    assert set(data["engine_layer_s"]) == {"cpu", "spac"} and data["target_fixed_s"] > 0
+    res = CliRunner().invoke(bench_cli.main, [str(demo_bundle), "--policies", "cpu,spac", "--budgets", "10%,30%",
+                                              "--trace", str(trace), "--simulate", str(system), "-o", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    assert "PREDICTED" in res.stdout
+    rows = json.loads((tmp_path / "simulated.json").read_text())["rows"]
+    spac = {r["budget"]: r for r in rows if r["policy"] == "spac"}
+    assert spac["30%"]["hit_rate"] > spac["10%"]["hit_rate"] and all(r["tokens_per_s"] > 0 for r in rows)
+    res = CliRunner().invoke(bench_cli.main, [str(demo_bundle), "--policies", "lru", "--trace", str(trace),
+                                              "--simulate", str(system), "-o", str(tmp_path)])
+    assert res.exit_code == 2 and "no engine cost for policy 'lru'" in res.output

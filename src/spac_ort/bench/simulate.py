@@ -110,61 +110,53 @@ def _median(fn, repeats: int) -> float:  # type: ignore[no-untyped-def]
     return float(np.median(times))
 
 
-def measure_system(gen, ids: Sequence[int], device: DeviceProfile, overlap: bool, k: int = 4,
-                   repeats: int = 30) -> SystemProfile:  # type: ignore[no-untyped-def]
-    """What a target pass costs outside its experts (T = 1 and K+1), a draft token, and a
-    lane call, measured with ``gen`` (a generator without tiers) after ``ids``."""
+def measure_system(bundle: Path, prompts: Sequence[Sequence[int]], device: DeviceProfile, overlap: bool,
+                   k: int = 4, new_tokens: int = 48) -> SystemProfile:
+    """The system profile, measured in place: generations under policy ``cpu`` (plain, then
+    with K drafts) give what a target pass costs outside its experts at T = 1 and K+1, a
+    draft token, the decode loop's own work per pass, and the engine's work per layer
+    (what the experts piece takes beyond the lanes the model charges). Measured in a full
+    decode loop, not in isolation: there, the other pieces' weights keep the caches warm
+    and attention ran 2x faster than it does in a real run."""
+    from ..runtime import Generator
+    from ..runtime.config import TierConfig
     from ..runtime.tiers.pools import ExpertStack
 
-    bb, d = gen.backbone, gen.manifest.dims
-    cache = bb.new_cache()
-    bb.forward(list(ids), cache)
-    start = cache.length
-    outside = {}
-    for t in (1, k + 1):
-        def one(t=t) -> None:
-            bb.forward(list(ids[:t]), cache, last_only=t == 1)
-            cache.truncate(start)
-        one()
-        bb.timers.reset()
-        total = _median(one, repeats)                  # repeats + 1 passes since the reset
-        outside[t] = max(total - bb.timers.seconds.get("experts", 0.0) / (repeats + 1), 0.0)
-    per_token = max((outside[k + 1] - outside[1]) / k, 0.0)
-    draft_s = 0.0
-    if gen.draft is not None:
-        dc = gen.draft.new_cache()
-        gen.draft.forward(list(ids), dc)
-        dstart = dc.length
-
-        def draft_one() -> None:
-            gen.draft.forward(list(ids[:1]), dc)
-            dc.truncate(dstart)
-        draft_s = _median(draft_one, repeats)
-    pass_overhead = _loop_overhead(gen, ids, outside[1], repeats)
-    stack = ExpertStack(1, d.hidden_size, d.expert_intermediate, 1)
-    x = np.zeros((1, 1, d.hidden_size), np.float32)
-    call = _median(lambda: stack.run(x, np.zeros((1, 1), np.int64), np.ones((1, 1), np.float32)), repeats)
+    per_pass: dict[int, dict[str, float]] = {}
+    with Generator.from_bundle(bundle, tiers=TierConfig("cpu", profile=device)) as gen:
+        d, layers = gen.manifest.dims, len(gen.manifest.moe_layers())
+        list(gen.generate(list(prompts[0]), max_new_tokens=8, speculative=False))           # warm-up
+        for kk in (0, k):
+            sums: dict[str, float] = {}
+            for ids in prompts:                  # short prompts: the prefill's share of the piece times stays small
+                list(gen.generate(list(ids[:8]), max_new_tokens=new_tokens, stop_at_eos=False,
+                                  draft_tokens=max(kk, 1), speculative=kk > 0))
+                r = gen.report
+                for name, v in (("passes", sum(r.k_histogram.values())), ("decode", r.decode_seconds),
+                                ("proposed", r.proposed)):
+                    sums[name] = sums.get(name, 0.0) + v
+                for name, v in r.piece_seconds.items():
+                    sums[name] = sums.get(name, 0.0) + v
+            per_pass[kk] = sums
+        stack = ExpertStack(1, d.hidden_size, d.expert_intermediate, 1)
+        x = np.zeros((1, 1, d.hidden_size), np.float32)
+        call = _median(lambda: stack.run(x, np.zeros((1, 1), np.int64), np.ones((1, 1), np.float32)), 30)
     lane_call = max(call - device.slow(1), 0.0)
-    return SystemProfile(device, max(outside[1] - per_token, 0.0), per_token, draft_s, lane_call, overlap,
-                         pass_overhead)
 
+    def outside(s: dict) -> float:
+        return sum(v for n, v in s.items() if n not in ("passes", "decode", "proposed", "experts", "draft"))
 
-class _Drop:
-    def on_step(self, record) -> None:  # type: ignore[no-untyped-def]
-        pass
-
-
-def _loop_overhead(gen, ids: Sequence[int], outside_s: float, passes: int) -> float:  # type: ignore[no-untyped-def]
-    """Seconds per plain pass the decode loop adds to the pass itself, with a step observer
-    attached (so every pass builds its record, as under a policy)."""
-    gen.step_observers.append(_Drop())
-    try:
-        list(gen.generate(list(ids), max_new_tokens=passes + 1, speculative=False, stop_at_eos=False))
-    finally:
-        gen.step_observers.pop()
-    r = gen.report
-    experts = r.piece_seconds.get("experts", 0.0) * passes / (passes + 1)      # the prefill's share left out
-    return max(r.decode_seconds / passes - outside_s - experts / passes, 0.0)
+    plain, spec = per_pass[0], per_pass[k]
+    out1 = outside(plain) / plain["passes"]
+    outk = outside(spec) / spec["passes"]
+    per_token = max((outk - out1) / k, 0.0)
+    loop = max((plain["decode"] - sum(v for n, v in plain.items() if n not in ("passes", "decode", "proposed")))
+               / plain["passes"], 0.0)
+    modeled = lane_call + d.top_k * device.slow(1)            # the cpu lane of one layer at T = 1, as charged
+    engine = max(plain.get("experts", 0.0) / plain["passes"] / layers - modeled, 0.0)
+    draft = spec.get("draft", 0.0) / max(spec["proposed"], 1)
+    return SystemProfile(device, max(out1 - per_token, 0.0), per_token, draft, lane_call, overlap, loop,
+                         {"cpu": engine})
 
 
 def _ids(counts: np.ndarray, t: int, top_k: int) -> np.ndarray:
@@ -218,3 +210,52 @@ def measure_engine(bundle: Path, manifest, records: Sequence[StepRecord], policy
     finally:
         eng.close()
     return max(layer_s - modeled, 0.0) / max(calls, 1), step_s / max(steps, 1)
+
+
+def predict_grid(bundle: Path, trace: Path, system: SystemProfile, policies: Sequence[str],
+                 budgets: Sequence[str]) -> list[dict]:
+    """Predicted tokens/s and hit rate for each policy and budget over one trace."""
+    from ..budget import parse_budget
+    from ..manifest import load_manifest
+    from ..runtime.tiers.quant import ExpertLayout
+
+    m = load_manifest(bundle)
+    d = m.dims
+    nbytes = ExpertLayout(d.hidden_size, d.expert_intermediate).nbytes
+    total = len(m.moe_layers()) * d.num_experts
+    view = TierView(tuple(m.moe_layers()), d.num_layers, d.num_experts, d.top_k, 0, nbytes, system.device)
+    records = load_records(trace, d.num_experts)
+    missing = [p for p in policies if ("cpu" if p == "none" else p) not in system.engine_layer_s]
+    if missing:
+        raise ConfigError(f"the system profile has no engine cost for policy '{missing[0]}'; measure it with "
+                          f"spac-bench BUNDLE --trace TRACE --measure-system FILE --policies {','.join(policies)}")
+    rows = []
+    for policy in policies:
+        for budget in ([None] if policy in ("resident", "none") else budgets):
+            slots = total if budget is None else min(total, parse_budget(budget, total * nbytes, "fast budget") // nbytes)
+            row = predict(records, "cpu" if policy == "none" else policy, slots, view, system)
+            rows.append({**row, "policy": policy, "budget": budget})
+    return rows
+
+
+def measure_system_file(bundle: Path, traces: dict, device: DeviceProfile, overlap: bool, prompts: Sequence[str],
+                        budget: str) -> SystemProfile:
+    """`measure_system` in place, then each policy's engine work on the routing of its trace
+    (``traces``: policy -> trace path; the in-place level of policy cpu, plus each policy's
+    isolated difference from cpu on its own trace)."""
+    from ..manifest import load_manifest
+    from ..runtime import Generator
+
+    with Generator.from_bundle(bundle) as gen:
+        ids = [gen.encode(p) for p in prompts]
+    system = measure_system(bundle, ids, device, overlap)
+    m = load_manifest(bundle)
+    isolated = {p: measure_engine(bundle, m, load_records(path, m.dims.num_experts), p, budget, system)
+                for p, path in traces.items() if p != "none"}
+    if "cpu" not in isolated:
+        raise ConfigError("the system profile is levelled on policy cpu; include it in --policies")
+    for policy, (layer_s, step_s) in isolated.items():
+        difference = layer_s - isolated["cpu"][0]           # on different traces when cpu decodes plainly
+        system.engine_layer_s[policy] = max(system.engine_layer_s["cpu"] + difference, 0.0)
+        system.engine_step_s[policy] = step_s
+    return system

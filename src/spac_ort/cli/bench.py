@@ -12,7 +12,7 @@ import click
 from ..errors import ConfigError
 from ..runtime.sessions import FAST_PROVIDERS
 from .common import (Command, Progress, closed_stdout_ends_quietly, setup_logging, sigterm_as_exception,
-                     user_errors)
+                     user_errors, writable_path)
 
 _POLICIES = "none,cpu,static,lru,sd-static,spac,resident"
 
@@ -70,6 +70,13 @@ def _items(text: str) -> list[str]:
 @click.option("--calibrate", is_flag=True, help="Measure the balancer's device profile on this machine first.")
 @click.option("--profile", "profile_path", type=click.Path(path_type=Path),
               help="Device profile JSON for the balancer (default: the CPU stand-in's).")
+@click.option("--trace", "trace_path", type=click.Path(path_type=Path),
+              help="A spac-run --trace file: the routing and windows --simulate and --measure-system use.")
+@click.option("--measure-system", "system_out", type=click.Path(path_type=Path),
+              help="Measure this machine's system profile for --simulate (with --trace) into this file, and stop.")
+@click.option("--simulate", "system_in", type=click.Path(path_type=Path),
+              help="PREDICT tokens/s per policy and budget from --trace and this system profile, without running "
+                   "the model.")
 @click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path), default=Path("spac-bench-out"),
               show_default=True, help="Directory for bench.json and the plots.")
 @click.option("--no-plots", is_flag=True, help="Skip the PNG plots (they need matplotlib: the bench extra).")
@@ -77,7 +84,8 @@ def _items(text: str) -> list[str]:
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar, only errors on stderr.")
 def main(bundle: Path, policies: str, budgets: str, ks: str, prompts_path: Optional[Path], tapes: Optional[Path],
          per_domain: Optional[int], new_tokens: int, fast_provider: str, backbone_provider: str, threads: int,
-         expert_quant: str, link_gbps: Optional[float], calibrate: bool, profile_path: Optional[Path], out_dir: Path, no_plots: bool, verbose: int,
+         expert_quant: str, link_gbps: Optional[float], calibrate: bool, trace_path: Optional[Path],
+         system_out: Optional[Path], system_in: Optional[Path], profile_path: Optional[Path], out_dir: Path, no_plots: bool, verbose: int,
          quiet: bool) -> None:
     """Run every placement policy, fast budget and draft length K on the same prompts in one
     process, after one warm-up per generator. Prints a table per domain with tokens/s,
@@ -92,6 +100,9 @@ def main(bundle: Path, policies: str, budgets: str, ks: str, prompts_path: Optio
         from ..runtime.sessions import fast_providers
 
         cells = grid(_items(policies), _items(budgets), _ks(ks))
+        if system_in is not None or system_out is not None:
+            return _simulation(bundle, trace_path, system_in, system_out, _items(policies), _items(budgets),
+                               prompts_path, fast_provider, profile_path, out_dir)
         if prompts_path is not None and tapes is not None:
             raise ConfigError("--prompts and --tapes both name the prompts; pass one of them")
         if tapes is not None:
@@ -125,6 +136,41 @@ def main(bundle: Path, policies: str, budgets: str, ks: str, prompts_path: Optio
         (out_dir / "bench.json").write_text(json.dumps(to_json(rows, results, meta), indent=1) + "\n",
                                             encoding="utf-8")
         click.echo(f"wrote {out_dir / 'bench.json'}", err=True)
+
+
+def _simulation(bundle: Path, trace: Optional[Path], system_in: Optional[Path], system_out: Optional[Path],
+                policies: list, budgets: list, prompts_path: Optional[Path], fast_provider: str,
+                profile_path: Optional[Path], out_dir: Path) -> None:
+    from ..bench.grid import load_prompts
+    from ..bench.runner import default_prompts
+    from ..bench.simulate import SystemProfile, measure_system_file, predict_grid
+    from ..profile import DeviceProfile
+    from ..runtime.calibrate import calibrate
+    from ..runtime.sessions import fast_providers
+
+    if trace is None:
+        raise ConfigError("--simulate and --measure-system need --trace (record one with spac-run --trace FILE)")
+    if system_in is not None and system_out is not None:
+        raise ConfigError("--simulate reads a system profile and --measure-system writes one; pass one of them")
+    if system_out is not None:
+        writable_path(system_out, "--measure-system")
+        device = (DeviceProfile.load(profile_path) if profile_path is not None
+                  else calibrate(bundle, fast_providers(fast_provider), repeats=20))
+        texts = [p.text for p in (load_prompts(prompts_path, 1, 48) if prompts_path else default_prompts(48))]
+        traces = {p: trace for p in dict.fromkeys(["cpu", *policies])}
+        measure_system_file(bundle, traces, device, fast_provider != "cpu", texts, budgets[0]).save(system_out)
+        click.echo(f"wrote {system_out}", err=True)
+        return
+    rows = predict_grid(bundle, trace, SystemProfile.load(system_in), policies, budgets)
+    click.echo("PREDICTED from the trace and the system profile (no model was run):")
+    click.echo("| policy | budget | predicted tok/s | predicted hit rate |")
+    click.echo("|---|---|---|---|")
+    for r in rows:
+        click.echo(f"| {r['policy']} | {r['budget'] or '-'} | {_rate(r['tokens_per_s'])} | {r['hit_rate']:.1%} |")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "simulated.json").write_text(json.dumps({"trace": str(trace), "system": str(system_in), "rows": rows},
+                                                       indent=1) + "\n", encoding="utf-8")
+    click.echo(f"wrote {out_dir / 'simulated.json'}", err=True)
 
 
 def _calibrate(bundle: Path, fast, threads: int, link: Optional[float]):  # type: ignore[no-untyped-def]
