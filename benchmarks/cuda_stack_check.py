@@ -13,19 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
+from spac_ort.runtime.calibrate import median_time
 from spac_ort.runtime.sessions import CPU, CUDA
 from spac_ort.runtime.tiers.pinned import PinnedCopier
 from spac_ort.runtime.tiers.pools import ExpertStack, interleaved
-
-
-def _median(fn, repeats: int = 20) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
 
 
 def main() -> None:
@@ -55,8 +46,8 @@ def main() -> None:
     pinned = [copier.pinned(a.shape) for a in same] if copier else same
     for p, a in zip(pinned, same):
         p[...] = a
-    write_s = _median(lambda: gpu.write(3, *pinned))
-    pageable_s = _median(lambda: pageable.write(1, *same))
+    write_s = median_time(lambda: gpu.write(3, *pinned), 20)
+    pageable_s = median_time(lambda: pageable.write(1, *same), 20)
     rows = {}
     for t in (1, 2, 5):
         x = rng.standard_normal((1, t, h)).astype(np.float32)
@@ -68,8 +59,8 @@ def main() -> None:
         full = np.stack([rng.choice(n, k, replace=False) for _ in range(t)])      # no fillers
         full_err = float(np.abs(gpu.run(x, full, w) - cpu.run(x, full, w)).max() / (np.abs(want).max() + 1e-12))
         rows[t] = {"rel_err_per_row": per_row, "rel_err_no_fillers": full_err,
-                   "gpu_ms": 1e3 * _median(lambda: gpu.run(x, index, w)),
-                   "cpu_ms": 1e3 * _median(lambda: cpu.run(x, index, w), 5)}
+                   "gpu_ms": 1e3 * median_time(lambda: gpu.run(x, index, w), 20),
+                   "cpu_ms": 1e3 * median_time(lambda: cpu.run(x, index, w), 5)}
     nbytes = sum(a.nbytes for a in experts[0])
     result = {"dims": vars(args) | {"out": None}, "setup_s": setup, "read_back_equal": back,
               "pinned_copier": copier is not None, "write_ms": 1e3 * write_s, "write_gb_per_s": nbytes / write_s / 1e9,

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import ROOT, load_prompts, machine, table
+from .common import ROOT, agreement, load_prompts, machine, table
 
 PRECISIONS = (None, "int8", "int4")
 
@@ -37,13 +37,6 @@ def _nll(gen, prompt_ids: list[int], cont_ids: list[int]) -> float:  # type: ign
     rows -= rows.max(axis=1, keepdims=True)
     logp = rows - np.log(np.exp(rows).sum(axis=1, keepdims=True))
     return float(-logp[np.arange(len(cont_ids)), cont_ids].mean())
-
-
-def _prefix(a: list[int], b: list[int]) -> int:
-    n = 0
-    while n < min(len(a), len(b)) and a[n] == b[n]:
-        n += 1
-    return n
 
 
 def main() -> None:
@@ -75,7 +68,7 @@ def main() -> None:
                 row["tok_s"].append(gen.report.tokens_per_second)
                 ref = greedy.setdefault(p["id"], out)             # fp32 runs first
                 row["same"].append(out == ref)
-                row["prefix"].append(_prefix(out, ref))
+                row["prefix"].append(agreement(out, ref))
         per[("bytes", name)] = nbytes
         print(f"{name}: done ({nbytes} B per expert)", flush=True)
     domains = sorted({p["domain"] for p in prompts})

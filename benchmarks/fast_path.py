@@ -17,7 +17,7 @@ import statistics
 import time
 from pathlib import Path
 
-from benchmarks.common import ROOT, load_prompts, machine, model_dirs, table
+from benchmarks.common import ROOT, agreement, load_prompts, machine, model_dirs, table
 from spac_ort.runtime import Generator
 
 VARIANTS = {                       # name -> export options
@@ -73,14 +73,6 @@ def piece_costs(gen: Generator, prompt: list[int], steps: int) -> dict:
 def decode(gen: Generator, prompt: str, new_tokens: int, **kw) -> tuple[list[int], float, float]:
     tokens = list(gen.generate(prompt, max_new_tokens=new_tokens, stop_at_eos=False, **kw))
     return tokens, gen.report.tokens_per_second, gen.report.acceptance_rate
-
-
-def agreement(a: list[int], b: list[int]) -> int:
-    """Length of the common prefix."""
-    n = 0
-    while n < min(len(a), len(b)) and a[n] == b[n]:
-        n += 1
-    return n
 
 
 def main() -> None:

@@ -30,6 +30,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..profile import DeviceProfile
+from ..runtime.calibrate import median_time
 from ..runtime.sensor import StepRecord, read_trace
 from ..runtime.spac.policies import TierView, make_policy
 from ..runtime.spac.replay import replay
@@ -100,16 +101,6 @@ def predict(records: Sequence[StepRecord], policy: str, budget_slots: int, view:
             "hit_rate": stats.hit_rate}
 
 
-def _median(fn, repeats: int) -> float:  # type: ignore[no-untyped-def]
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
-
-
 def measure_system(bundle: Path, prompts: Sequence[Sequence[int]], device: DeviceProfile, overlap: bool,
                    k: int = 4, new_tokens: int = 48) -> SystemProfile:
     """The system profile, measured in place: generations under policy ``cpu`` (plain, then
@@ -140,7 +131,7 @@ def measure_system(bundle: Path, prompts: Sequence[Sequence[int]], device: Devic
             per_pass[kk] = sums
         stack = ExpertStack(1, d.hidden_size, d.expert_intermediate, 1)
         x = np.zeros((1, 1, d.hidden_size), np.float32)
-        call = _median(lambda: stack.run(x, np.zeros((1, 1), np.int64), np.ones((1, 1), np.float32)), 30)
+        call = median_time(lambda: stack.run(x, np.zeros((1, 1), np.int64), np.ones((1, 1), np.float32)), 30)
     lane_call = max(call - device.slow(1), 0.0)
 
     def outside(s: dict) -> float:

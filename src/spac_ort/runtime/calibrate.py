@@ -22,7 +22,8 @@ from .tiers.store import ExpertStore
 _CAL_EXPERTS = 4      # experts in the wide calibration call
 
 
-def _median_time(fn, repeats: int) -> float:
+def median_time(fn, repeats: int) -> float:
+    """Median seconds of ``repeats`` calls of ``fn``, after one unmeasured call."""
     fn()                                        # warm up
     times = []
     for _ in range(repeats):
@@ -68,9 +69,9 @@ def calibrate(bundle: Path, fast_providers: Sequence[str] = (CPU,), repeats: int
         x = rng.standard_normal((1, t, d.hidden_size)).astype(np.float32)
         one, all_ = np.zeros((t, 1), np.int64), np.tile(np.arange(n), (t, 1))
         for lane, out in ((fast, fast_t), (host, slow_t)):
-            calls = [_median_time(lambda i=i: lane.run(x, i, np.ones(i.shape, np.float32)), repeats) for i in (one, all_)]
+            calls = [median_time(lambda i=i: lane.run(x, i, np.ones(i.shape, np.float32)), repeats) for i in (one, all_)]
             out.append(max(calls[1] - calls[0], 0.0) / max(n - 1, 1))
-    copy = _median_time(lambda: fast.load(0, weights), repeats)
+    copy = median_time(lambda: fast.load(0, weights), repeats)
     nbytes = sum(w.nbytes for w in weights)
     ff, fp = _line(tokens, fast_t)
     sf, sp = _line(tokens, slow_t)
