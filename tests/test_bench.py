@@ -63,6 +63,18 @@ def test_the_command_on_the_demo_bundle(demo_bundle, tmp_path):
     assert spac["speedup"]["sd-static"] > 0 and spac["speedup"]["none"] > 0
 
 
+def test_interleaved_cells_rotate_through_each_prompt(demo_bundle, tmp_path):
+    out = tmp_path / "out"
+    res = CliRunner().invoke(bench_cli.main, [str(demo_bundle), "--policies", "none,cpu,spac", "--budgets", "25%",
+                                              "-k", "2", "-n", "6", "-o", str(out), "-q", "--no-plots",
+                                              "--interleave", "--per-domain", "1"])
+    assert res.exit_code == 0, res.output
+    runs = json.loads((out / "bench.json").read_text())["runs"]
+    order = [r["cell"]["policy"] for r in runs]
+    assert order[:3] == ["none", "cpu", "spac"] and order[3:6] == ["cpu", "spac", "none"]     # rotated
+    assert len(runs) == 3 * 8 and all(r["new_tokens"] == 6 for r in runs)
+
+
 @pytest.mark.parametrize("args, message", [
     (["-k", "two"], "draft tokens 'two' is neither"),
     (["--prompts", "missing.jsonl"], "cannot read prompts file"),

@@ -6,6 +6,7 @@ agreement come from the tape, and each run must reproduce the tape's tokens.
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from itertools import groupby
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -76,19 +77,40 @@ def _one(gen, cell: Cell, prompt: Prompt, tape) -> RunResult:  # type: ignore[no
 def run_grid(bundle: Path, cells: Sequence[Cell], prompts: Sequence[tuple[Prompt, object]], *,
              fast_provider: Sequence[str] = (CPU,), backbone: Sequence[str] = (CPU,), threads: int = 1,
              profile: Optional[DeviceProfile] = None, link_bytes_per_s: Optional[float] = None,
-             progress: Optional[Progress] = None, expert_quant: Optional[str] = None) -> list[RunResult]:
-    """Every cell on every prompt ((prompt, tape or None) pairs); results in run order."""
+             progress: Optional[Progress] = None, expert_quant: Optional[str] = None,
+             interleave: bool = False) -> list[RunResult]:
+    """Every cell on every prompt ((prompt, tape or None) pairs); results in run order.
+
+    One generator per policy and budget, warmed up once. By default they run one after
+    another (one in memory at a time). ``interleave``: all of them are held at once, and
+    each prompt runs through every cell, in an order that rotates from prompt to prompt,
+    so a slow spell of the machine falls on all cells alike."""
     total, done = len(cells) * len(prompts), 0
     results: list[RunResult] = []
-    for _, group in groupby(cells, key=lambda c: (c.policy, c.budget)):
-        group = list(group)
-        with _generator(bundle, group[0], fast_provider, threads, profile, backbone, link_bytes_per_s,
-                        expert_quant) as gen:
-            _one(gen, group[0], *prompts[0])                         # warm-up, not counted
-            for cell in group:
-                for prompt, tape in prompts:
-                    results.append(_one(gen, cell, prompt, tape))
-                    done += 1
-                    if progress is not None:
-                        progress(f"{cell.label}", done, total)
+    groups = [list(g) for _, g in groupby(cells, key=lambda c: (c.policy, c.budget))]
+
+    def make(cell: Cell):  # type: ignore[no-untyped-def]
+        gen = _generator(bundle, cell, fast_provider, threads, profile, backbone, link_bytes_per_s, expert_quant)
+        _one(gen, cell, *prompts[0])                                 # warm-up, not counted
+        return gen
+
+    def step(gen, cell: Cell, prompt: Prompt, tape) -> None:  # type: ignore[no-untyped-def]
+        nonlocal done
+        results.append(_one(gen, cell, prompt, tape))
+        done += 1
+        if progress is not None:
+            progress(f"{cell.label}", done, total)
+
+    with ExitStack() as stack:
+        if not interleave:
+            for group in groups:
+                with make(group[0]) as gen:
+                    for cell in group:
+                        for prompt, tape in prompts:
+                            step(gen, cell, prompt, tape)
+            return results
+        gens = {(g[0].policy, g[0].budget): stack.enter_context(make(g[0])) for g in groups}
+        for i, (prompt, tape) in enumerate(prompts):
+            for cell in [*cells[i % len(cells):], *cells[: i % len(cells)]]:
+                step(gens[(cell.policy, cell.budget)], cell, prompt, tape)
     return results

@@ -79,13 +79,16 @@ def _items(text: str) -> list[str]:
                    "the model.")
 @click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path), default=Path("spac-bench-out"),
               show_default=True, help="Directory for bench.json and the plots.")
+@click.option("--interleave", is_flag=True,
+              help="Hold every generator at once and run each prompt through all cells in a rotating order "
+                   "(fairer ratios on a noisy machine; needs memory for all of them).")
 @click.option("--no-plots", is_flag=True, help="Skip the PNG plots (they need matplotlib: the bench extra).")
 @click.option("-v", "--verbose", count=True, help="More messages on stderr (-vv: debug).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar, only errors on stderr.")
 def main(bundle: Path, policies: str, budgets: str, ks: str, prompts_path: Optional[Path], tapes: Optional[Path],
          per_domain: Optional[int], new_tokens: int, fast_provider: str, backbone_provider: str, threads: int,
          expert_quant: str, link_gbps: Optional[float], calibrate: bool, trace_path: Optional[Path],
-         system_out: Optional[Path], system_in: Optional[Path], profile_path: Optional[Path], out_dir: Path, no_plots: bool, verbose: int,
+         system_out: Optional[Path], system_in: Optional[Path], interleave: bool, profile_path: Optional[Path], out_dir: Path, no_plots: bool, verbose: int,
          quiet: bool) -> None:
     """Run every placement policy, fast budget and draft length K on the same prompts in one
     process, after one warm-up per generator. Prints a table per domain with tokens/s,
@@ -124,14 +127,14 @@ def main(bundle: Path, policies: str, budgets: str, ks: str, prompts_path: Optio
         try:
             results = run_grid(bundle, cells, prompts, fast_provider=fast, backbone=backbone, threads=threads,
                                profile=profile, link_bytes_per_s=link, progress=bar,
-                               expert_quant=None if expert_quant == "none" else expert_quant)
+                               expert_quant=None if expert_quant == "none" else expert_quant, interleave=interleave)
         finally:
             bar.close()
         rows = summarise(results)
         _report(rows, out_dir, no_plots)
         meta = {"bundle": str(bundle), "fast_provider": fast_provider, "backbone_provider": backbone_provider,
                 "threads": threads, "new_tokens": new_tokens, "prompts": len(prompts), "link_gbps_emulated": link_gbps,
-                "expert_quant": expert_quant,
+                "expert_quant": expert_quant, "interleave": interleave,
                 "profile": None if profile is None else vars(profile)}
         (out_dir / "bench.json").write_text(json.dumps(to_json(rows, results, meta), indent=1) + "\n",
                                             encoding="utf-8")
