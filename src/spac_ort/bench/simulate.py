@@ -85,7 +85,7 @@ def predict(records: Sequence[StepRecord], policy: str, budget_slots: int, view:
             system: SystemProfile) -> dict:
     """Predicted decode tokens/s (and hit rate) of ``policy`` with ``budget_slots`` fast slots."""
     v = TierView(view.moe_layers, view.num_layers, view.num_experts, view.top_k, budget_slots, view.expert_bytes,
-                 system.device)
+                 system.device, lanes_overlap=system.overlap)
     # one replay over the whole trace: the placement stays warm from one generation to the next, as in a process
     stats = replay(make_policy(policy), v, records, overlap=system.overlap)
     tokens, seconds = 0, 0.0
@@ -195,7 +195,7 @@ def measure_engine(bundle: Path, manifest, records: Sequence[StepRecord], policy
             step_s += time.perf_counter() - t0
             steps += 1
         v = TierView(tuple(manifest.moe_layers()), d.num_layers, d.num_experts, d.top_k, eng.num_slots,
-                     eng.expert_bytes, system.device)
+                     eng.expert_bytes, system.device, lanes_overlap=system.overlap)
         stats = replay(_make(policy), v, records[: steps + 1], overlap=system.overlap)
         modeled = sum(stats.step_seconds[1:]) + sum(stats.step_lanes[1:]) * system.lane_call_s
     finally:

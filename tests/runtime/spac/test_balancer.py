@@ -86,3 +86,20 @@ def test_fast_device_takes_resident_experts():
 def test_empty_layer():
     d = LayerDemand(np.array([], dtype=int), np.array([], dtype=int), np.array([], dtype=bool), np.array([]))
     assert balance(d, GPU, 1, 1).path == "trivial"
+
+
+def test_lanes_in_sequence_send_each_expert_where_it_is_cheaper():
+    import numpy as np
+
+    from spac_ort.profile import DeviceProfile
+    from spac_ort.runtime.spac.balancer import LayerDemand, balance
+
+    prof = DeviceProfile("p", 1e-4, 1e-5, 1e-4, 4e-5, 0.0, 1e9)            # fast per token cheaper; copies 1 us/KB
+    d = LayerDemand(np.array([1, 2, 3, 4]), np.array([1, 5, 5, 1]), np.array([True, False, False, False]),
+                    np.zeros(4))
+    # a fetch of 1000 B costs 1 us; 5 tokens save 150 us, 1 token saves 30 us: both worth it, but one slot only
+    a = balance(d, prof, 1000, free_slots=1, parallel=False)
+    assert a.path == "inline" and set(a.fast) == {1, 2} and a.fetch == (2,) and set(a.slow) == {3, 4}
+    equal = DeviceProfile("stand-in", 5e-5, 5e-6, 5e-5, 5e-6, 5e-6, 5e9)   # both tiers the same: hits fast, misses slow
+    b = balance(d, equal, 1000, free_slots=4, parallel=False)
+    assert set(b.fast) == {1} and not b.fetch

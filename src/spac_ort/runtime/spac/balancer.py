@@ -114,10 +114,12 @@ def _frontier(size, fast_cost, slow_cost, fetched, cap: int, limit: int, bound: 
 def balance(d: LayerDemand, profile: DeviceProfile, expert_bytes: int, free_slots: int,
             transfer_budget: float = float("inf"), milp_time_limit: float = 0.005,
             frontier_limit: int = FRONTIER_LIMIT, enumerate_limit: int = ENUMERATE_LIMIT,
-            solve_worth: float = 0.0) -> Assignment:
+            solve_worth: float = 0.0, parallel: bool = True) -> Assignment:
     """``solve_worth``: seconds an exact solve is worth spending; when the greedy makespan
     is within that of a lower bound, no solve could gain more than it costs, and the
-    greedy assignment is taken (path ``bound``)."""
+    greedy assignment is taken (path ``bound``). ``parallel`` False: the lanes run one
+    after the other, the layer takes their sum, and each expert simply goes where it is
+    cheaper (path ``inline``; ties keep a resident expert fast)."""
     t0 = time.perf_counter()
     if d.experts.size == 0:
         return Assignment((), (), (), 0.0, "trivial", time.perf_counter() - t0)
@@ -127,6 +129,9 @@ def balance(d: LayerDemand, profile: DeviceProfile, expert_bytes: int, free_slot
     one = profile.transfer(expert_bytes)
     cap = int(free_slots) if not np.isfinite(transfer_budget) else int(min(free_slots, transfer_budget // one + 1e-9))
     cap = max(cap, 0)
+    if not parallel:
+        return _assignment(d, keys, members, _inline(size, fast_cost, slow_cost, fetched, cap), size, fast_cost,
+                           slow_cost, "inline", t0)
     greedy = _greedy(size, fast_cost, slow_cost, fetched, xfer, cap, transfer_budget)
     if solve_worth > 0 and _span(greedy, size, fast_cost, slow_cost) - _lower_bound(size, fast_cost, slow_cost) \
             <= solve_worth:
@@ -212,6 +217,21 @@ def _greedy(size, fast_cost, slow_cost, fetched, xfer, cap, transfer_budget) -> 
             if fe[j]:
                 left -= 1
     return np.array(y, dtype=np.float64)
+
+
+def _inline(size, fast_cost, slow_cost, fetched, cap) -> np.ndarray:
+    """Lanes in sequence: a class goes fast where that is cheaper (a tie keeps a resident
+    class fast), the fetches with the largest saving first, up to the cap."""
+    y = np.zeros(size.size)
+    left = cap
+    for j in np.argsort(fast_cost - slow_cost, kind="stable"):
+        if fast_cost[j] > slow_cost[j] or (fast_cost[j] == slow_cost[j] and fetched[j]):
+            continue
+        take = size[j] if not fetched[j] else min(size[j], left)
+        y[j] = take
+        if fetched[j]:
+            left -= int(take)
+    return y
 
 
 def _enumerate(size, fast_cost, slow_cost, fetched, cap) -> np.ndarray:

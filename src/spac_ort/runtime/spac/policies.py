@@ -54,6 +54,7 @@ class TierView:
     slots: int
     expert_bytes: int
     profile: DeviceProfile
+    lanes_overlap: bool = True     # the fast and CPU lanes run at once (an accelerator); False: one after the other
 
 
 @dataclass(frozen=True)
@@ -242,7 +243,8 @@ class Spac(Policy):
 
     def assign(self, view, state, layer, d, free_slots):
         if self.o.balancer:
-            return balance(d, view.profile, view.expert_bytes, free_slots, solve_worth=self.o.solve_worth)
+            return balance(d, view.profile, view.expert_bytes, free_slots, solve_worth=self.o.solve_worth,
+                           parallel=view.lanes_overlap)
         hot = [r or n >= self.o.fetch_threshold for n, r in zip(d.tokens, d.resident)]
         fast = tuple(int(e) for e, h in zip(d.experts, hot) if h)
         fetch = tuple(int(e) for e, h, r in zip(d.experts, hot, d.resident) if h and not r)

@@ -64,8 +64,10 @@ class TieredExperts:
         self.expert_bytes = layout.nbytes             # an expert in a slot or a copy, at the tiers' precision
         total = len(manifest.moe_layers()) * d.num_experts
         self.num_slots = total if fast_budget is None else min(total, fast_budget // self.expert_bytes)
+        stand_in = not self.num_slots or fast_providers[0] == CPU
+        self.overlap = not stand_in if overlap is None else overlap
         self.view = TierView(tuple(manifest.moe_layers()), d.num_layers, d.num_experts, d.top_k, self.num_slots,
-                             self.expert_bytes, profile or CPU_STAND_IN)
+                             self.expert_bytes, profile or CPU_STAND_IN, lanes_overlap=self.overlap)
         self._check_budget(fast_budget, total)
         self.table = SlotTable(self.num_slots)
         on_device = bool(self.num_slots) and fast_providers[0] != CPU
@@ -77,7 +79,6 @@ class TieredExperts:
         self.stacks = (HostStacks(manifest.moe_layers(), d.num_experts, d.hidden_size, d.expert_intermediate,
                                   d.top_k, self.store.read, copier, expert_bits) if ram_budget is None else None)
         self.host = HostPool(d.hidden_size, d.expert_intermediate) if ram_budget is not None else None
-        self.overlap = not self.stand_in if overlap is None else overlap
         self.executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="spac-tier")
         self.plan = StepPlan(self.view.moe_layers)
         self.state: Any = policy.initial_state(self.view)
