@@ -31,10 +31,10 @@ def main() -> None:
     rng = np.random.default_rng(0)
     copier = PinnedCopier.create()
     t0 = time.perf_counter()
-    gpu = ExpertStack(n, h, i, k, (CUDA, CPU), copier=copier)
+    gpu = ExpertStack(n, h, i, (CUDA, CPU), copier=copier)
     setup = time.perf_counter() - t0
-    pageable = ExpertStack(2, h, i, k, (CUDA, CPU))
-    cpu = ExpertStack(n, h, i, k)
+    pageable = ExpertStack(2, h, i, (CUDA, CPU))
+    cpu = ExpertStack(n, h, i)
     experts = [interleaved(*((rng.standard_normal(s) * 0.02).astype(np.float32) for s in ((h, i), (h, i), (i, h))))
                for _ in range(4)]
     for e in range(n):

@@ -74,15 +74,10 @@ def _profile(bundle: Path, args: argparse.Namespace):  # type: ignore[no-untyped
     if not args.calibrate:
         return None
     if bundle not in _PROFILES:
-        from spac_ort.runtime.calibrate import calibrate
-        from spac_ort.runtime.sessions import fast_providers, session_threads
+        from spac_ort.runtime.calibrate import calibrate_for_run
+        from spac_ort.runtime.sessions import fast_providers
 
-        with session_threads(args.threads):
-            profile = calibrate(bundle, fast_providers(args.fast_provider), repeats=10)
-        if args.link_gbps:                       # the balancer plans with the emulated link
-            profile = dataclasses.replace(profile, name=f"{profile.name}, link capped at {args.link_gbps:g} GB/s",
-                                          link_bytes_per_s=min(profile.link_bytes_per_s, _link(args)))
-        _PROFILES[bundle] = profile
+        _PROFILES[bundle] = calibrate_for_run(bundle, fast_providers(args.fast_provider), args.threads, _link(args))
         print(f"calibrated: {_PROFILES[bundle]}", flush=True)
     return _PROFILES[bundle]
 

@@ -32,11 +32,8 @@ def _trace(bundle: Path, prompts: list[dict], k: int, new_tokens: int, path: Pat
 def main() -> None:
     from spac_ort.bench.grid import Cell, Prompt, summarise
     from spac_ort.bench.runner import run_grid
-    from spac_ort.bench.simulate import load_records, measure_system_file, predict
-    from spac_ort.manifest import load_manifest
+    from spac_ort.bench.simulate import measure_system_file, predict_grid
     from spac_ort.runtime.calibrate import calibrate
-    from spac_ort.runtime.spac.policies import TierView
-    from spac_ort.runtime.tiers.quant import ExpertLayout
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--bundle", type=Path, default=ROOT / "bench-out" / "ref-fused")
@@ -52,19 +49,12 @@ def main() -> None:
     for k, path in traces.items():
         _trace(args.bundle, prompts, k, args.new_tokens, path)
     device = calibrate(args.bundle, repeats=20)
-    m = load_manifest(args.bundle)
-    d = m.dims
-    nbytes = ExpertLayout(d.hidden_size, d.expert_intermediate).nbytes
-    total = len(m.moe_layers()) * d.num_experts
-    view = TierView(tuple(m.moe_layers()), d.num_layers, d.num_experts, d.top_k, 0, nbytes, device)
-    slots = int(args.budget * total)
     budget = f"{100 * args.budget:g}%"
     system = measure_system_file(args.bundle, {p: traces[k] for p, k in POLICIES.items()}, device, False,
                                  [p["prompt"] for p in prompts], budget)
-    predicted = {}
-    for policy, k in POLICIES.items():
-        records = load_records(traces[k], d.num_experts)
-        predicted[policy] = predict(records, policy, total if policy == "resident" else slots, view, system)
+    predicted = {row["policy"]: row for k, trace in traces.items()        # each policy on the trace of its K
+                 for row in predict_grid(args.bundle, trace, system, [p for p, kk in POLICIES.items() if kk == k],
+                                         [budget])}
     cells = [Cell(p, None if p == "resident" else budget, None if k == 0 else k) for p, k in POLICIES.items()]
     items = [(Prompt(p["prompt"], None, p["domain"], args.new_tokens), None) for p in prompts]
     rows = {r["policy"]: r for r in summarise(run_grid(args.bundle, cells, items, profile=device))

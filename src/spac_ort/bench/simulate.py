@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -84,10 +84,9 @@ def load_records(path: Path, num_experts: int) -> list[StepRecord]:
 def predict(records: Sequence[StepRecord], policy: str, budget_slots: int, view: TierView,
             system: SystemProfile) -> dict:
     """Predicted decode tokens/s (and hit rate) of ``policy`` with ``budget_slots`` fast slots."""
-    v = TierView(view.moe_layers, view.num_layers, view.num_experts, view.top_k, budget_slots, view.expert_bytes,
-                 system.device, lanes_overlap=system.overlap)
+    v = replace(view, slots=budget_slots, profile=system.device, lanes_overlap=system.overlap)
     # one replay over the whole trace: the placement stays warm from one generation to the next, as in a process
-    stats = replay(make_policy(policy), v, records, overlap=system.overlap)
+    stats = replay(make_policy(policy), v, records)
     tokens, seconds = 0, 0.0
     for r, expert_s, lanes in zip(records, stats.step_seconds, stats.step_lanes):
         if r.kind == "prefill":
@@ -129,7 +128,7 @@ def measure_system(bundle: Path, prompts: Sequence[Sequence[int]], device: Devic
                 for name, v in r.piece_seconds.items():
                     sums[name] = sums.get(name, 0.0) + v
             per_pass[kk] = sums
-        stack = ExpertStack(1, d.hidden_size, d.expert_intermediate, 1)
+        stack = ExpertStack(1, d.hidden_size, d.expert_intermediate)
         x = np.zeros((1, 1, d.hidden_size), np.float32)
         call = median_time(lambda: stack.run(x, np.zeros((1, 1), np.int64), np.ones((1, 1), np.float32)), 30)
     lane_call = max(call - device.slow(1), 0.0)
@@ -194,9 +193,7 @@ def measure_engine(bundle: Path, manifest, records: Sequence[StepRecord], policy
             eng.on_step(r)
             step_s += time.perf_counter() - t0
             steps += 1
-        v = TierView(tuple(manifest.moe_layers()), d.num_layers, d.num_experts, d.top_k, eng.num_slots,
-                     eng.expert_bytes, system.device, lanes_overlap=system.overlap)
-        stats = replay(_make(policy), v, records[: steps + 1], overlap=system.overlap)
+        stats = replay(_make(policy), eng.view, records[: steps + 1])      # the engine's own view: same slots, costs
         modeled = sum(stats.step_seconds[1:]) + sum(stats.step_lanes[1:]) * system.lane_call_s
     finally:
         eng.close()

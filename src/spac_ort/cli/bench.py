@@ -122,7 +122,8 @@ def main(bundle: Path, policies: str, budgets: str, ks: str, prompts_path: Optio
         profile = DeviceProfile.load(profile_path) if profile_path is not None else None
         link = None if link_gbps is None else link_gbps * 1e9
         if calibrate:
-            profile = _calibrate(bundle, fast, threads, link)
+            from ..runtime.calibrate import calibrate_for_run
+            profile = calibrate_for_run(bundle, fast, threads, link)
         bar = Progress(enabled=not quiet)
         try:
             results = run_grid(bundle, cells, prompts, fast_provider=fast, backbone=backbone, threads=threads,
@@ -174,20 +175,6 @@ def _simulation(bundle: Path, trace: Optional[Path], system_in: Optional[Path], 
     (out_dir / "simulated.json").write_text(json.dumps({"trace": str(trace), "system": str(system_in), "rows": rows},
                                                        indent=1) + "\n", encoding="utf-8")
     click.echo(f"wrote {out_dir / 'simulated.json'}", err=True)
-
-
-def _calibrate(bundle: Path, fast, threads: int, link: Optional[float]):  # type: ignore[no-untyped-def]
-    import dataclasses
-
-    from ..runtime.calibrate import calibrate
-    from ..runtime.sessions import session_threads
-
-    with session_threads(threads):
-        profile = calibrate(bundle, fast, repeats=10)
-    if link is not None:                         # the balancer plans with the emulated link
-        profile = dataclasses.replace(profile, name=f"{profile.name}, link emulated at {link / 1e9:g} GB/s",
-                                      link_bytes_per_s=min(profile.link_bytes_per_s, link))
-    return profile
 
 
 def _rate(v: Optional[float]) -> str:

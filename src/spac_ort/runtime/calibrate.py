@@ -4,10 +4,11 @@ bandwidth."""
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -15,7 +16,7 @@ from ..manifest import load_manifest
 from ..profile import DeviceProfile
 from .tiers.pinned import PinnedCopier
 from .tiers.pools import ExpertStack, SlotPool, interleaved
-from .sessions import CPU
+from .sessions import CPU, session_threads
 from .tiers.store import ExpertStore
 
 
@@ -58,8 +59,8 @@ def calibrate(bundle: Path, fast_providers: Sequence[str] = (CPU,), repeats: int
     if copier is not None:
         weights = tuple(_pinned_copy(copier, w) for w in weights)
     n = min(_CAL_EXPERTS, d.num_experts)
-    fast = SlotPool(n, d.hidden_size, d.expert_intermediate, n, fast_providers, copier=copier)
-    host = ExpertStack(n, d.hidden_size, d.expert_intermediate, n)
+    fast = SlotPool(n, d.hidden_size, d.expert_intermediate, fast_providers, copier=copier)
+    host = ExpertStack(n, d.hidden_size, d.expert_intermediate)
     for i in range(n):                          # n copies of one expert: each call reads n experts' weights
         fast.load(i, weights)
         host.write(i, *weights)
@@ -77,3 +78,15 @@ def calibrate(bundle: Path, fast_providers: Sequence[str] = (CPU,), repeats: int
     sf, sp = _line(tokens, slow_t)
     name = f"{'cpu stand-in' if fast.stand_in else fast_providers[0]} / cpu, measured"
     return DeviceProfile(name, ff, fp, sf, sp, 0.0, nbytes / copy if copy > 0 else float("inf"))
+
+
+def calibrate_for_run(bundle: Path, fast_providers: Sequence[str], threads: int = 1,
+                      link_bytes_per_s: Optional[float] = None, repeats: int = 10) -> DeviceProfile:
+    """`calibrate` with the intra-op threads of the run the profile serves; with an emulated
+    link (``link_bytes_per_s``) the balancer plans with that rate where it is the slower."""
+    with session_threads(threads):
+        profile = calibrate(bundle, fast_providers, repeats=repeats)
+    if link_bytes_per_s is None:
+        return profile
+    return dataclasses.replace(profile, name=f"{profile.name}, link emulated at {link_bytes_per_s / 1e9:g} GB/s",
+                               link_bytes_per_s=min(profile.link_bytes_per_s, link_bytes_per_s))

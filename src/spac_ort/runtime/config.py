@@ -23,8 +23,9 @@ class TierConfig:
     accelerator, inline with a CPU stand-in, where a second thread only contends for the
     same cores. ``expert_quant`` "int8" or "int4": both tiers hold experts quantized
     (symmetric, one scale per output row) and run them on ``com.microsoft.QMoE``; a slot
-    then takes a quarter or an eighth of an fp32 expert's bytes. ``link_bytes_per_s`` emulates a slower host-to-fast-tier link: a copy
-    takes at least bytes / rate (e.g. 25e9 for a PCIe 4.0 x16 class link on a faster one)."""
+    then takes a quarter or an eighth of an fp32 expert's bytes. ``link_bytes_per_s``
+    emulates a slower host-to-fast-tier link: a copy takes at least bytes / rate (e.g.
+    25e9 for a PCIe 4.0 x16 class link on a faster one)."""
 
     policy: Union[str, Policy]
     fast_budget: Union[str, int, None] = None

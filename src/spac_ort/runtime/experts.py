@@ -15,12 +15,11 @@ from typing import Any, Callable, Optional, Protocol, Sequence
 
 import numpy as np
 
-from .. import naming
 from ..manifest import Manifest
 from .graphs import grouped_swiglu_graph, moe_graph
 from .routing import ExpertGroup, combine
 from .sessions import CPU, Piece, ort, session_options
-from .tiers.pools import interleaved
+from .tiers.pools import fillers, interleaved, run_lane
 from .tiers.store import ExpertStore
 
 log = logging.getLogger(__name__)
@@ -160,12 +159,12 @@ class MoEExperts(ResidentBackend):
                                                       manifest.routing.norm_topk_prob),
                                             session_options(), providers=list(providers))
         self._weights: dict[int, tuple] = {}
-        self._num_experts = d.num_experts
         for layer in manifest.moe_layers():
             pairs = [interleaved(*store.get(layer, e)) for e in range(d.num_experts)]
             self._weights[layer] = tuple(ort.OrtValue.ortvalue_from_numpy(np.stack([p[i] for p in pairs]))
                                          for i in range(2))
         self._calls = 0
+        self._fillers = fillers(d.num_experts)
 
     def layer_weights(self, layer: int) -> tuple:
         """(w_gate_up [E, 2I, H], w_down [E, H, I]) of ``layer`` as OrtValues."""
@@ -176,22 +175,13 @@ class MoEExperts(ResidentBackend):
 
     def run_layer(self, layer: int, x: np.ndarray, groups: Sequence[ExpertGroup],
                   ids: Optional[np.ndarray] = None, weights: Optional[np.ndarray] = None) -> np.ndarray:
-        """The numpy path (the fused backbone binds the session directly instead): logits of
-        log(weight) at the chosen experts and -1e30 elsewhere make the op's softmax give
-        weight / weight_sum; the output is scaled back by weight_sum."""
+        """The numpy path (the fused backbone binds the session directly instead): one lane
+        over all of the layer's experts (`tiers.pools.run_lane`)."""
         if ids is None or weights is None:
             raise ValueError("the MoE backend needs the router outputs (ids and weights)")
-        logits = np.full((ids.shape[0], self._num_experts), -1e30, np.float32)
-        np.put_along_axis(logits, ids, np.log(weights), axis=1)
-        b = self.session.io_binding()
-        b.bind_cpu_input(naming.NORMED, np.ascontiguousarray(x, dtype=np.float32))
-        b.bind_cpu_input(naming.ROUTER_LOGITS, logits[None])                   # [1, T, E]
-        for name, value in zip(("w_gate_up", "w_down"), self._weights[layer]):
-            b.bind_ortvalue_input(name, value)
-        b.bind_output(naming.FFN_OUT)
-        self.session.run_with_iobinding(b)
         self._calls += 1
-        return b.copy_outputs_to_cpu()[0] * weights.sum(axis=1, dtype=np.float32)[None, :, None]
+        return run_lane(self.session, dict(zip(("w_gate_up", "w_down"), self._weights[layer])), x, ids, weights,
+                        self._fillers)
 
     def calls(self) -> int:
         return self._calls

@@ -17,7 +17,7 @@ def test_a_lane_call_equals_its_experts_weighted_sum():
     h, i, n, top_k, t = 16, 8, 6, 3, 4
     experts = [tuple((rng.standard_normal(s) * 0.3).astype(np.float32) for s in ((h, i), (h, i), (i, h)))
                for _ in range(n)]
-    stack = ExpertStack(n, h, i, top_k)
+    stack = ExpertStack(n, h, i)
     for e, w in enumerate(experts):
         stack.write(e, *interleaved(*w))
     x = rng.standard_normal((1, t, h)).astype(np.float32)
@@ -54,14 +54,14 @@ def test_quantized_lanes_equal_the_fp32_operator_over_the_dequantized_weights():
     ids = np.array([[0, 1], [2, 3], [4, 0]])
     weights = rng.random((t, top_k)).astype(np.float32)
     for bits in (8, 4):
-        q, ref = ExpertStack(n, h, i, top_k, bits=bits), ExpertStack(n, h, i, top_k)
+        q, ref = ExpertStack(n, h, i, bits=bits), ExpertStack(n, h, i)
         for e, (gate_up, down) in enumerate(experts):
             q.write(e, gate_up, down)
             ref.write(e, dequantize(*quantize(gate_up, bits), bits), dequantize(*quantize(down, bits), bits))
         lane = lane_index(np.array([0, 2, 4]), ids)
         np.testing.assert_allclose(q.run(x, lane, weights), ref.run(x, lane, weights), rtol=1e-5, atol=1e-6)
         # and the quantization error itself is small against the fp32 experts
-        exact = ExpertStack(n, h, i, top_k)
+        exact = ExpertStack(n, h, i)
         for e, w in enumerate(experts):
             exact.write(e, *w)
         err = np.abs(q.run(x, lane, weights) - exact.run(x, lane, weights)).max()

@@ -10,7 +10,6 @@ import pytest
 from spac_ort.errors import BudgetError
 from spac_ort.manifest import load_manifest
 from spac_ort.profile import DeviceProfile
-from spac_ort.runtime.routing import group_by_expert
 from spac_ort.runtime.sensor import StepRecord
 from spac_ort.runtime.spac.policies import SpacOptions, make_policy
 from spac_ort.runtime.spac.utility import UtilityConfig
@@ -45,9 +44,8 @@ def test_stress_random_routing(demo_bundle, policy, sync):
                                                d.top_k, replace=False) for _ in range(t)])
                     w = rng.random((t, d.top_k)).astype(np.float32)
                     x = rng.standard_normal((1, t, d.hidden_size)).astype(np.float32)
-                    groups = group_by_expert(ids, w)
-                    got = eng.run_layer(layer, x, groups)
-                    want = ref.run_layer(layer, x, groups)
+                    got = eng.run_layer(layer, x, [], ids=ids, weights=w)
+                    want = ref.run_layer(layer, x, [], ids=ids, weights=w)
                     # the lanes sum their experts in another order than the CPU-only run: fp32 rounding
                     np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-6,
                                                err_msg=f"trial {trial} step {step} layer {layer}")
@@ -110,8 +108,8 @@ def test_ram_budget_reads_from_storage(demo_bundle):
         ids = np.stack([rng.choice(64, 4, replace=False) for _ in range(3)])
         w = rng.random((3, 4)).astype(np.float32)
         x = rng.standard_normal((1, 3, 192)).astype(np.float32)
-        np.testing.assert_allclose(eng.run_layer(1, x, group_by_expert(ids, w)),
-                                   ref.run_layer(1, x, group_by_expert(ids, w)), rtol=2e-5, atol=2e-6)
+        np.testing.assert_allclose(eng.run_layer(1, x, [], ids=ids, weights=w),
+                                   ref.run_layer(1, x, [], ids=ids, weights=w), rtol=2e-5, atol=2e-6)
     assert eng.store.resident_bytes() <= 8 * m.experts.data_size
     assert eng.store.counters.storage_reads > 64
 

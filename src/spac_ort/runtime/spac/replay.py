@@ -64,10 +64,10 @@ class _Tier:
         return True
 
 
-def replay(policy: Policy, view: TierView, records: Iterable[StepRecord], overlap: bool = True) -> ReplayStats:
-    """``overlap``: the two lanes of a layer run at the same time (an accelerator beside the
-    CPU), else one after the other, with prefetch copies inline after each pass (a CPU
-    stand-in); this only changes `ReplayStats.step_seconds`."""
+def replay(policy: Policy, view: TierView, records: Iterable[StepRecord]) -> ReplayStats:
+    """``view.lanes_overlap``: the two lanes of a layer run at the same time (an
+    accelerator beside the CPU), else one after the other, with prefetch copies inline
+    after each pass (a CPU stand-in); `ReplayStats.step_seconds` charges them so."""
     state: Any = policy.initial_state(view)
     ranking = policy.ranking(view, state)
     tier, stats = _Tier(view.slots), ReplayStats()
@@ -76,7 +76,7 @@ def replay(policy: Policy, view: TierView, records: Iterable[StepRecord], overla
     for record in records:
         seconds, lanes = 0.0, 0
         for layer in view.moe_layers:
-            s, n = _layer(policy, view, state, ranking, tier, stats, layer, record.counts[layer], overlap)
+            s, n = _layer(policy, view, state, ranking, tier, stats, layer, record.counts[layer])
             seconds, lanes = seconds + s, lanes + n
         prefetched = stats.fetches_prefetch
         decision = policy.observe(view, state, record)
@@ -86,7 +86,7 @@ def replay(policy: Policy, view: TierView, records: Iterable[StepRecord], overla
         for key in prefetch if policy.prefetches and view.slots else ():
             if tier.claim(key, ranking, float(ranking.floor[key]), set()):
                 stats.fetches_prefetch += 1
-        if not overlap:
+        if not view.lanes_overlap:
             seconds += (stats.fetches_prefetch - prefetched) * view.profile.transfer(view.expert_bytes)
         stats.step_seconds.append(seconds)
         stats.step_lanes.append(lanes)
@@ -95,7 +95,7 @@ def replay(policy: Policy, view: TierView, records: Iterable[StepRecord], overla
 
 
 def _layer(policy: Policy, view: TierView, state: Any, ranking: Ranking, tier: _Tier, stats: ReplayStats,
-           layer: int, counts: np.ndarray, overlap: bool = True) -> tuple[float, int]:
+           layer: int, counts: np.ndarray) -> tuple[float, int]:
     """Place one layer's demand; returns its expert seconds by the profile and its lane calls."""
     experts = np.flatnonzero(counts)
     tokens = counts[experts]
@@ -122,4 +122,4 @@ def _layer(policy: Policy, view: TierView, state: Any, ranking: Ranking, tier: _
         view.expert_bytes)
     slow_s = sum(p.slow(int(n)) for e, n in zip(experts, tokens) if int(e) not in fast)
     lanes = int(bool(fast)) + int(len(fast) < len(experts))
-    return (max(fast_s, slow_s) if overlap else fast_s + slow_s), lanes
+    return (max(fast_s, slow_s) if view.lanes_overlap else fast_s + slow_s), lanes

@@ -10,7 +10,7 @@
   fetch writes an expert into a slot. On a machine without an accelerator it is host
   memory run by the CPU provider: it stands in for the fast device, copies are memcpys.
 - `HostStacks` (slow tier, every expert in RAM): one `ExpertStack` per MoE layer in host
-  memory, filled from the bundle's files the first time an expert is needed.
+  memory, filled from the bundle's files when made.
 - `HostPool` (slow tier under a RAM budget): one expert per call, from the store's LRU.
 
 Unused stack entries are zeros: the MoE op always runs k experts per token, and a token
@@ -50,15 +50,13 @@ class ExpertStack:
     ``bits`` 8 or 4: the entries hold quantized weights (`quant.ExpertLayout`) and a lane
     runs on ``com.microsoft.QMoE``."""
 
-    def __init__(self, n: int, hidden: int, inter: int, top_k: int, providers: Sequence[str] = (CPU,),
+    def __init__(self, n: int, hidden: int, inter: int, providers: Sequence[str] = (CPU,),
                  sessions: Optional[dict] = None, copier: Optional[PinnedCopier] = None, bits: Optional[int] = None):
         self.n, self.hidden, self.inter = n, hidden, inter
-        self.top_k = min(top_k, n)
         self.providers = list(providers)
         self.device = "cuda" if self.providers[0] == CUDA else "cpu"
         self.layout = ExpertLayout(hidden, inter, bits)
         shapes = [((n, *sh), dt) for sh, dt in self.layout.shapes]
-        self.copier = copier
         if self.device == "cpu":                   # OrtValues over host memory: a write is a slice copy
             self.host = tuple(np.zeros(sh, dt) if copier is None else copier.pinned(sh, dt) for sh, dt in shapes)
             self.values = tuple(ort.OrtValue.ortvalue_from_numpy(a) for a in self.host)
@@ -76,7 +74,7 @@ class ExpertStack:
         # stacks of the same shape may share them
         self._sessions: dict[int, ort.InferenceSession] = {} if sessions is None else sessions
         self._options = session_options()
-        self._fillers = (_FILLER_BASE - np.arange(n, dtype=np.float32))[None, None, :]
+        self._fillers = fillers(n)
 
     def write(self, i: int, gate_up: np.ndarray, down: np.ndarray) -> None:
         """Encode one expert's interleaved fp32 weights at the stack's precision into entry ``i``."""
@@ -108,21 +106,34 @@ class ExpertStack:
     def run(self, x: np.ndarray, index: np.ndarray, weights: np.ndarray) -> np.ndarray:
         """x [1, T, H]; index [T, A] stack entries (-1: not in this lane); weights [T, A].
         Returns sum over the lane's entries of weight * expert(x), [1, T, H]."""
-        t = x.shape[1]
-        chosen = index >= 0
-        k = max(1, int(chosen.sum(axis=1).max()))
-        logits = np.repeat(self._fillers, t, axis=1)                                 # [1, T, n]
-        rows = np.nonzero(chosen)[0]
-        logits[0, rows, index[chosen]] = np.log(np.maximum(weights[chosen], 1e-30))
-        b = self._session(k).io_binding()
-        b.bind_cpu_input(naming.NORMED, np.ascontiguousarray(x, dtype=np.float32))
-        b.bind_cpu_input(naming.ROUTER_LOGITS, logits)
-        for name, value in zip(self.layout.names, self.values):
-            b.bind_ortvalue_input(name, value)
-        b.bind_output(naming.FFN_OUT)
-        self._session(k).run_with_iobinding(b)
-        lane_sum = np.where(chosen, weights, 0.0).sum(axis=1, dtype=np.float32)
-        return b.copy_outputs_to_cpu()[0] * lane_sum[None, :, None]
+        k = max(1, int((index >= 0).sum(axis=1).max()))
+        return run_lane(self._session(k), dict(zip(self.layout.names, self.values)), x, index, weights,
+                        self._fillers)
+
+
+def fillers(n: int) -> np.ndarray:
+    """[1, 1, n] the logits of entries a lane does not run (see `_FILLER_BASE`)."""
+    return (_FILLER_BASE - np.arange(n, dtype=np.float32))[None, None, :]
+
+
+def run_lane(session, weights_in: dict, x: np.ndarray, index: np.ndarray, weights: np.ndarray,
+             filler: np.ndarray) -> np.ndarray:  # type: ignore[no-untyped-def]
+    """One (Q)MoE call over a stack of experts bound as ``weights_in`` (input name ->
+    OrtValue): x [1, T, H]; index [T, A] stack entries (-1: not in this lane); weights
+    [T, A]; ``filler`` from `fillers`. The operator's k must be at least the most entries a
+    row chooses. Returns sum over the chosen entries of weight * expert(x), [1, T, H]."""
+    chosen = index >= 0
+    logits = np.repeat(filler, x.shape[1], axis=1)                                  # [1, T, n]
+    logits[0, np.nonzero(chosen)[0], index[chosen]] = np.log(np.maximum(weights[chosen], 1e-30))
+    b = session.io_binding()
+    b.bind_cpu_input(naming.NORMED, np.ascontiguousarray(x, dtype=np.float32))
+    b.bind_cpu_input(naming.ROUTER_LOGITS, logits)
+    for name, value in weights_in.items():
+        b.bind_ortvalue_input(name, value)
+    b.bind_output(naming.FFN_OUT)
+    session.run_with_iobinding(b)
+    lane_sum = np.where(chosen, weights, 0.0).sum(axis=1, dtype=np.float32)
+    return b.copy_outputs_to_cpu()[0] * lane_sum[None, :, None]
 
 
 class _DeviceCopy:
@@ -173,11 +184,11 @@ class HostStacks:
     the all-resident backend does: filling on first use put a read and a transposing copy
     of 19 MB, tens of milliseconds, inside decoding steps)."""
 
-    def __init__(self, layers: Sequence[int], num_experts: int, hidden: int, inter: int, top_k: int, read,
+    def __init__(self, layers: Sequence[int], num_experts: int, hidden: int, inter: int, read,
                  copier: Optional[PinnedCopier] = None, bits: Optional[int] = None):
         sessions: dict = {}
-        self.stacks = {layer: ExpertStack(num_experts, hidden, inter, top_k, sessions=sessions, copier=copier,
-                                          bits=bits) for layer in layers}
+        self.stacks = {layer: ExpertStack(num_experts, hidden, inter, sessions=sessions, copier=copier, bits=bits)
+                       for layer in layers}
         for layer, stack in self.stacks.items():
             for e in range(num_experts):
                 stack.write(e, *interleaved(*read(layer, e)))

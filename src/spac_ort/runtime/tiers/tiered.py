@@ -57,27 +57,26 @@ class TieredExperts:
         d = manifest.dims
         if expert_bits is not None and ram_budget is not None:
             raise ConfigError("quantized experts live in RAM, all of them; drop --ram-budget or --expert-quant")
-        layout = ExpertLayout(d.hidden_size, d.expert_intermediate, expert_bits)
+        self.layout = ExpertLayout(d.hidden_size, d.expert_intermediate, expert_bits)   # both tiers' precision
         self.counters = TierCounters()
         self.link_bytes_per_s = link_bytes_per_s       # emulated link rate: a copy takes at least bytes / rate
         self.store = ExpertStore(bundle, manifest, ram_budget)
-        self.expert_bytes = layout.nbytes             # an expert in a slot or a copy, at the tiers' precision
+        self.expert_bytes = self.layout.nbytes        # an expert in a slot or a copy
         total = len(manifest.moe_layers()) * d.num_experts
         self.num_slots = total if fast_budget is None else min(total, fast_budget // self.expert_bytes)
-        stand_in = not self.num_slots or fast_providers[0] == CPU
-        self.overlap = not stand_in if overlap is None else overlap
+        self.stand_in = not self.num_slots or fast_providers[0] == CPU     # no accelerator: a second CPU pool
+        self.overlap = not self.stand_in if overlap is None else overlap
         self.view = TierView(tuple(manifest.moe_layers()), d.num_layers, d.num_experts, d.top_k, self.num_slots,
                              self.expert_bytes, profile or CPU_STAND_IN, lanes_overlap=self.overlap)
         self._check_budget(fast_budget, total)
         self.table = SlotTable(self.num_slots)
-        on_device = bool(self.num_slots) and fast_providers[0] != CPU
-        copier = PinnedCopier.create() if on_device else None       # None: pageable copies through ORT
-        self.fast = SlotPool(self.num_slots, d.hidden_size, d.expert_intermediate, d.top_k, fast_providers,
+        copier = None if self.stand_in else PinnedCopier.create()       # None: pageable copies through ORT
+        self.fast = SlotPool(self.num_slots, d.hidden_size, d.expert_intermediate, fast_providers,
                              copier=copier, bits=expert_bits) if self.num_slots else None
         # every expert in RAM: one MoE call per layer over its host stack; under a RAM
         # budget the store's LRU holds them and the slow lane runs them one by one
         self.stacks = (HostStacks(manifest.moe_layers(), d.num_experts, d.hidden_size, d.expert_intermediate,
-                                  d.top_k, self.store.read, copier, expert_bits) if ram_budget is None else None)
+                                  self.store.read, copier, expert_bits) if ram_budget is None else None)
         self.host = HostPool(d.hidden_size, d.expert_intermediate) if ram_budget is not None else None
         self.executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="spac-tier")
         self.plan = StepPlan(self.view.moe_layers)
@@ -103,14 +102,10 @@ class TieredExperts:
                 f"{total}), but policy '{self.policy.name}' needs {need}; use --fast-budget of at least "
                 f"{need * self.expert_bytes} B or {math.ceil(1000 * need / total) / 10:g}%, or another policy")
 
-    @property
-    def stand_in(self) -> bool:
-        return self.fast is None or self.fast.stand_in
-
     # ---- residency mechanism -------------------------------------------------------------
     def _load(self, slot: int, key: Key) -> None:
         weights = (self.stacks.get(*key) if self.stacks is not None
-                   else self.fast.layout.encode(*interleaved(*self.store.get(*key))))
+                   else self.layout.encode(*interleaved(*self.store.get(*key))))
         t0 = time.perf_counter()
         self.fast.load(slot, weights)
         nbytes = sum(w.nbytes for w in weights)
@@ -131,7 +126,7 @@ class TieredExperts:
                   ids: Optional[np.ndarray] = None, weights: Optional[np.ndarray] = None) -> np.ndarray:
         t_start = time.perf_counter()
         if ids is None or weights is None:
-            ids, weights = _routing(groups, x.shape[1])
+            raise ValueError("the tiered backend needs the router outputs (ids and weights)")
         experts, tokens = np.unique(ids[ids >= 0], return_counts=True)      # ascending expert ids
         resident = self.table.resident_mask(layer, experts)
         demand = LayerDemand(experts, tokens, resident, self.ranking.rank[layer, experts])
@@ -140,7 +135,7 @@ class TieredExperts:
                                         busy=[(layer, int(e)) for e in experts[resident]])
         a = self.policy.assign(self.view, self.state, layer, demand, free)
         fast, slow, claimed, victims = self._place(layer, a)
-        out, lane_seconds = self._run_lanes(layer, x, groups, ids, weights, fast, slow, claimed)
+        out, lane_seconds = self._run_lanes(layer, x, ids, weights, fast, slow, claimed)
         route = t_start - self._last_combine if self._last_combine else 0.0    # attention + router
         self._last_combine = time.perf_counter()
         fast_set = set(fast)
@@ -174,9 +169,8 @@ class TieredExperts:
         slow += [e for e in a.fast if e not in fetch and e not in pinned]
         return sorted(pinned | {e for e, _ in claimed}), slow, claimed, victims
 
-    def _run_lanes(self, layer: int, x: np.ndarray, groups: Sequence[ExpertGroup], ids: np.ndarray,
-                   weights: np.ndarray, fast: list[int], slow: list[int],
-                   claimed: list[tuple[int, int]]) -> tuple[np.ndarray, dict[str, float]]:
+    def _run_lanes(self, layer: int, x: np.ndarray, ids: np.ndarray, weights: np.ndarray, fast: list[int],
+                   slow: list[int], claimed: list[tuple[int, int]]) -> tuple[np.ndarray, dict[str, float]]:
         """The fast lane on the executor, the slow lane inline; unpin when both are done;
         the layer's output is the sum of the two. Without overlap (the default with a CPU
         stand-in, where both lanes share the same cores and a second thread only adds
@@ -194,7 +188,7 @@ class TieredExperts:
         try:
             pending = self.executor.submit(fast_lane) if fast and self.overlap else None
             t0 = time.perf_counter()
-            slow_out = self._slow_lane(layer, x, groups, ids, weights, slow) if slow else None
+            slow_out = self._slow_lane(layer, x, ids, weights, slow) if slow else None
             slow_s = time.perf_counter() - t0
             fast_out, fetch_s, fast_s = (pending.result() if pending is not None else fast_lane() if fast
                                          else (None, 0.0, 0.0))
@@ -209,14 +203,14 @@ class TieredExperts:
         self._calls += (1 if fast else 0) + (0 if not slow else 1 if self.stacks is not None else len(slow))
         return out, {"fetch": fetch_s, "fast": fast_s, "slow": slow_s, "combine": time.perf_counter() - t_sum}
 
-    def _slow_lane(self, layer: int, x: np.ndarray, groups: Sequence[ExpertGroup], ids: np.ndarray,
-                   weights: np.ndarray, slow: list[int]) -> np.ndarray:
+    def _slow_lane(self, layer: int, x: np.ndarray, ids: np.ndarray, weights: np.ndarray,
+                   slow: list[int]) -> np.ndarray:
         """The CPU's experts: one MoE call over the layer's host stack, or (under a RAM
         budget) one call per expert from the store, added in ascending expert order."""
         if self.stacks is not None:
             return self.stacks.run(layer, x, lane_index(slow, ids), weights)
         mine = set(slow)
-        groups = [g for g in (groups or group_by_expert(ids, weights)) if g.expert in mine]
+        groups = [g for g in group_by_expert(ids, weights) if g.expert in mine]
         results = {g.expert: self.host.run(x if x.shape[1] == 1 else np.ascontiguousarray(x[:, g.rows]),
                                            self.store.get(layer, g.expert)) for g in groups}
         return combine(groups, results, x)
@@ -269,7 +263,7 @@ class TieredExperts:
         if since is None:
             since = {k: (0 if not isinstance(v, dict) else {}) for k, v in now.items()}
             since["bytes_copied"] = self.setup_bytes
-        bits = self.stacks.stacks[self.view.moe_layers[0]].layout.bits if self.stacks is not None else None
+        bits = self.layout.bits
         out = {"policy": self.policy.name, "fast_tier": "cpu stand-in" if self.stand_in else "accelerator",
                "fast_slots": self.num_slots, "experts": "fp32" if bits is None else f"int{bits}",
                "bytes_initial_load": self.setup_bytes}
@@ -281,16 +275,3 @@ class TieredExperts:
             self.prefetcher.close()
         self.executor.shutdown(wait=True)
 
-
-def _routing(groups: Sequence[ExpertGroup], t: int) -> tuple[np.ndarray, np.ndarray]:
-    """ids and weights [T, A] (padded with -1 / 0) from per-expert groups."""
-    per_row: list[list[tuple[int, float]]] = [[] for _ in range(t)]
-    for g in groups:
-        for r, w in zip(g.rows.tolist(), g.weights.tolist()):
-            per_row[r].append((g.expert, w))
-    a = max([1] + [len(p) for p in per_row])
-    ids, weights = np.full((t, a), -1, np.int64), np.zeros((t, a), np.float32)
-    for r, pairs in enumerate(per_row):
-        for j, (e, w) in enumerate(pairs):
-            ids[r, j], weights[r, j] = e, w
-    return ids, weights
