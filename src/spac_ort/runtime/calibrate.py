@@ -21,6 +21,11 @@ from .tiers.store import ExpertStore
 
 
 _CAL_EXPERTS = 4      # experts in the wide calibration call
+# Calls rotate over entries holding at least this many bytes (or every expert of a layer,
+# if fewer), so that each reads its weights from memory as decoding does, not from a cache
+# that a few repeated experts fit in: with 4 real-size experts (76 MB) repeated, a server's
+# cache made the CPU lane look 2-3x cheaper per expert than it ran in a replay.
+_COLD_BYTES = 1 << 29
 
 
 def median_time(fn, repeats: int) -> float:
@@ -59,25 +64,39 @@ def calibrate(bundle: Path, fast_providers: Sequence[str] = (CPU,), repeats: int
     if copier is not None:
         weights = tuple(_pinned_copy(copier, w) for w in weights)
     n = min(_CAL_EXPERTS, d.num_experts)
-    fast = SlotPool(n, d.hidden_size, d.expert_intermediate, fast_providers, copier=copier)
-    host = ExpertStack(n, d.hidden_size, d.expert_intermediate)
-    for i in range(n):                          # n copies of one expert: each call reads n experts' weights
+    nbytes = sum(w.nbytes for w in weights)
+    pool = min(d.num_experts, max(n, -(-_COLD_BYTES // nbytes)))
+    fast = SlotPool(pool, d.hidden_size, d.expert_intermediate, fast_providers, copier=copier)
+    host = ExpertStack(pool, d.hidden_size, d.expert_intermediate)
+    for i in range(pool):                       # copies of one expert: each entry is its own memory
         fast.load(i, weights)
         host.write(i, *weights)
     rng = np.random.default_rng(0)
     fast_t, slow_t = [], []
     for t in tokens:
         x = rng.standard_normal((1, t, d.hidden_size)).astype(np.float32)
-        one, all_ = np.zeros((t, 1), np.int64), np.tile(np.arange(n), (t, 1))
         for lane, out in ((fast, fast_t), (host, slow_t)):
-            calls = [median_time(lambda i=i: lane.run(x, i, np.ones(i.shape, np.float32)), repeats) for i in (one, all_)]
+            calls = [median_time(_rotating(lane, x, width, pool), repeats) for width in (1, n)]
             out.append(max(calls[1] - calls[0], 0.0) / max(n - 1, 1))
     copy = median_time(lambda: fast.load(0, weights), repeats)
-    nbytes = sum(w.nbytes for w in weights)
     ff, fp = _line(tokens, fast_t)
     sf, sp = _line(tokens, slow_t)
     name = f"{'cpu stand-in' if fast.stand_in else fast_providers[0]} / cpu, measured"
     return DeviceProfile(name, ff, fp, sf, sp, 0.0, nbytes / copy if copy > 0 else float("inf"))
+
+
+def _rotating(lane: ExpertStack, x: np.ndarray, width: int, pool: int):  # type: ignore[no-untyped-def]
+    """A lane call over ``width`` entries per token, the next ``width`` of the ``pool``
+    entries at every call."""
+    t = x.shape[1]
+    start = [0]
+
+    def call() -> None:
+        index = np.tile((start[0] + np.arange(width)) % pool, (t, 1))
+        start[0] += width
+        lane.run(x, index, np.ones(index.shape, np.float32))
+
+    return call
 
 
 def calibrate_for_run(bundle: Path, fast_providers: Sequence[str], threads: int = 1,

@@ -8,7 +8,9 @@ other; pinned slots are never taken), copies the expert's weights into it and co
 Without an executor the same work happens inside `submit` (the ablation without overlap).
 
 Protocol per key: claim -> load -> commit (abort on error); a reader only ever sees
-READY slots it has pinned.
+READY slots it has pinned. With a ``gate`` (an event the tier clears while a layer's
+on-demand fetches copy), the drain waits before each copy until the gate is set: a
+fetch the running layer needs never queues behind prefetches for later steps on the link.
 """
 
 from __future__ import annotations
@@ -30,9 +32,10 @@ log = logging.getLogger(__name__)
 
 class Prefetcher:
     def __init__(self, table: SlotTable, load: Callable[[int, Key], None], counters: TierCounters,
-                 executor: Optional[Executor] = None):
+                 executor: Optional[Executor] = None, gate: Optional[threading.Event] = None):
         self.table, self.load, self.counters = table, load, counters
         self.executor = executor
+        self.gate = gate
         self._queue: deque[tuple[Key, float]] = deque()
         self._ranking: Optional[Ranking] = None
         self._cv = threading.Condition()
@@ -77,6 +80,11 @@ class Prefetcher:
                     return
                 key, t0 = self._queue.popleft()
                 ranking = self._ranking
+            if self.gate is not None:
+                while not self.gate.wait(0.05) and not self._stop:
+                    pass
+                if self._stop:
+                    continue                # the loop's check ends the drain
             try:
                 self._fetch(key, t0, ranking)
             except Exception:   # a failed copy leaves the slot empty; the expert runs on CPU

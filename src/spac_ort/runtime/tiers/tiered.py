@@ -17,6 +17,7 @@ blocks on a copy unless the policy chose to fetch it: it runs on the CPU.
 from __future__ import annotations
 
 import math
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -84,8 +85,10 @@ class TieredExperts:
         self.ranking = policy.ranking(self.view, self.state)
         if policy.prefetches:
             import scipy.optimize  # noqa: F401  (the balancer's MILP path: imported now, not inside a first pass)
+        self._no_demand = threading.Event()    # cleared while a layer's on-demand fetches copy
+        self._no_demand.set()
         self.prefetcher = (Prefetcher(self.table, self._load, self.counters,
-                                      self.executor if self.overlap else None)
+                                      self.executor if self.overlap else None, gate=self._no_demand)
                            if policy.prefetches and self.num_slots else None)
         self._load_now(policy.initial_residents(self.view))
         self.setup_bytes = self.counters.bytes_copied        # initial residency, not per token
@@ -178,9 +181,14 @@ class TieredExperts:
         slow one."""
         def fast_lane() -> tuple[np.ndarray, float, float]:
             t0 = time.perf_counter()
-            for e, slot in claimed:
-                self._load(slot, (layer, e))
-                self.table.commit(slot)
+            if claimed:
+                self._no_demand.clear()           # prefetches wait: the link is this layer's
+            try:
+                for e, slot in claimed:
+                    self._load(slot, (layer, e))
+                    self.table.commit(slot)
+            finally:
+                self._no_demand.set()
             t1 = time.perf_counter()
             out = self.fast.run(x, lane_index(fast, ids, self.table.slots_of(layer, fast)), weights)
             return out, t1 - t0, time.perf_counter() - t1
