@@ -1,9 +1,6 @@
-"""The bundle manifest: the contract between ``spac-export`` and the runtime.
-
-Frozen dataclasses, serialised to ``spac-manifest.json``. `load_manifest` validates every
-field and raises `ManifestError` naming the field; `verify_files` checks sizes and
-sha256 of every file (experts included) against the manifest.
-"""
+"""The bundle manifest, the contract between ``spac-export`` and the runtime: frozen
+dataclasses serialised to ``spac-manifest.json``; `load_manifest` validates every field
+(`ManifestError` names the field)."""
 
 from __future__ import annotations
 
@@ -19,6 +16,7 @@ from . import naming
 from .errors import BundleError, ManifestError
 from . import manifest_checks as checks
 from .fields import Reader
+from .target_spec import TargetSpec, parse_target
 
 SCHEMA_VERSION = 2      # 2: graph variants (fused graphs) and rope_theta
 MANIFEST_KIND = "spac-ort-bundle"
@@ -149,8 +147,13 @@ class Manifest:
     schema_version: int = SCHEMA_VERSION
     kind: str = MANIFEST_KIND
     draft: Optional[DraftSpec] = field(default=None)
+    target: Optional[TargetSpec] = None    # a deployment bundle's additions (`target_spec`)
 
     # ---- derived views -------------------------------------------------------------
+    def session_graph(self, rel: str) -> str:
+        """The file to open for the session graph ``rel`` (a target's replacement, if any)."""
+        return rel if self.target is None else self.target.graph(rel)
+
     def moe_layers(self) -> list[int]:
         return [i for i, k in enumerate(self.layer_kinds) if k is LayerKind.MOE]
 
@@ -227,8 +230,7 @@ def parse_manifest(data: Any, path: Path) -> Manifest:
         bos_token_id=r.get("bos_token_id", int, optional=True), eos_token_ids=tuple(eos),
         tokenizer=tokenizer, producer=r.get("producer", str), graphs=graphs, rope_theta=checks.rope_theta(r),
         head_quant=head_quant, chat_template=template,
-        schema_version=version, draft=_draft(r, files),
-    )
+        schema_version=version, draft=_draft(r, files), target=parse_target(r, files))
 
 
 def _routing(rr: Reader) -> Routing:

@@ -44,7 +44,8 @@ def summarize(bundle: Path, m: Manifest) -> str:
     n_experts = len(moe) * d.num_experts
     expert_bytes = n_experts * m.experts.data_size
     draft_bytes = sum(f.size for n, f in m.files.items() if m.draft and n.startswith(_folder(m.draft.graph)))
-    other = sum(f.size for f in m.files.values()) - draft_bytes
+    target_bytes = sum(f.size for n, f in m.files.items() if n.startswith("target/"))
+    other = sum(f.size for f in m.files.values()) - draft_bytes - target_bytes
     lines = [
         f"bundle      {bundle}",
         f"model       {m.family.value} (from {m.source_model_type}), {m.dtype.value}, opset {m.opset}, {m.producer}",
@@ -66,4 +67,7 @@ def summarize(bundle: Path, m: Manifest) -> str:
          f"{_size(draft_bytes)})" if m.draft else "draft       none"),
         f"expert path {m.experts.template}",
     ]
+    if m.target is not None:
+        lines.append(f"target      {m.target.name}: {_size(target_bytes)} under target/, providers "
+                     f"{', '.join(m.target.providers)}, profile {m.target.profile}")
     return "\n".join(lines)

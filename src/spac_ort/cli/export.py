@@ -93,6 +93,36 @@ def export_cmd(model_dir: Optional[Path], out: Path, draft_dir: Optional[Path], 
                        f"pieces {result.piece_error:.1e}, model {result.model_error:.1e}", err=True)
 
 
+@main.command("target")
+@click.argument("name", type=click.Choice(["android", "jetson"]))
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("-o", "--output", "out", type=click.Path(path_type=Path), required=True,
+              help="Deployment bundle directory to create.")
+@click.option("--draft-tokens", type=int, default=4, show_default=True,
+              help="android: K of the verify window; fixed-shape graphs are made for 1 and K + 1 tokens.")
+@click.option("--hardware", help="Device whose cost model the bundle ships (default: a Snapdragon 8 Gen 3 "
+                                 "class phone for android, Jetson AGX Orin 64GB for jetson).")
+@click.option("--force", is_flag=True, help="Replace an existing bundle at -o.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+def target_cmd(name: str, bundle: Path, out: Path, draft_tokens: int, hardware: Optional[str], force: bool,
+               quiet: bool) -> None:
+    """Make a deployment bundle for NAME (android or jetson) from BUNDLE: ORT-format and
+    fixed-shape graphs, the operators for a reduced onnxruntime build and a usability
+    report (android); provider options, a launcher and a systemd unit (jetson); and a
+    device profile estimated from the device's specifications (both)."""
+    with user_errors():
+        from ..targets.build import build_target
+
+        bar = Progress(enabled=not quiet)
+        try:
+            m = build_target(name, bundle, out, draft_tokens=draft_tokens, hardware=hardware, force=force,
+                             progress=bar)
+        finally:
+            bar.close()
+        added = sum(1 for rel in m.files if rel.startswith("target/"))
+        click.echo(f"wrote {out} ({name} bundle of {bundle}: {added} files under target/)", err=True)
+
+
 @main.command("inspect")
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.option("--verify", is_flag=True, help="Also check every file's sha256.")

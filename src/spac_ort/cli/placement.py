@@ -15,6 +15,7 @@ from typing import Any, Callable, Optional
 import click
 
 from ..runtime.experts import BACKENDS
+from ..runtime.providers import PROVIDERS
 from ..runtime.sessions import FAST_PROVIDERS
 from ..runtime.spac.policies import POLICIES
 from ..runtime.spac.utility import UtilityMode
@@ -64,6 +65,9 @@ _OPTIONS = [
     click.option("--expert-quant", type=click.Choice(["none", "int8", "int4"]), default="none", show_default=True,
                  help="With --policy: hold experts on both tiers as 8- or 4-bit integers (one scale per output "
                       "row; com.microsoft.QMoE), so a fast budget holds 4x or 7x as many."),
+    click.option("--provider", type=click.Choice(list(PROVIDERS)), default="cpu", show_default=True,
+                 help="Execution provider of the graphs outside the experts (embed, attention, router, head, "
+                      "draft), the CPU provider taking what it does not; one this onnxruntime lacks is an error."),
     click.option("--fast-provider", type=click.Choice(FAST_PROVIDERS), default="cpu", show_default=True,
                  help="Execution provider of the fast tier (cpu: a second CPU pool stands in for an "
                       "accelerator)."),
@@ -93,17 +97,19 @@ def placement_options(command: Callable[..., Any]) -> Callable[..., Any]:
 def load_generator(bundle: Path, *, progress: bool, policy: Optional[str], profile_path: Optional[Path],
                    fast_provider: str, utility: str, fast_budget: Optional[str], ram_budget: Optional[str],
                    overlap: str, experts_backend: str, draft_dir: Optional[Path], verify: bool,
-                   threads: int, expert_quant: str = "none"):  # type: ignore[no-untyped-def]
+                   threads: int, expert_quant: str = "none", provider: str = "cpu"):  # type: ignore[no-untyped-def]
     """A `Generator` for BUNDLE with the placement options' values (a progress bar on stderr
     while it loads, when ``progress``)."""
     from ..errors import ConfigError
     from ..profile import DeviceProfile
     from ..runtime import Generator
     from ..runtime.config import TierConfig
+    from ..runtime.providers import session_providers
     from ..runtime.sessions import fast_providers
     from ..runtime.spac.policies import SpacOptions
     from ..runtime.spac.utility import UtilityConfig
 
+    providers = session_providers(provider)
     tiers = None
     if policy is not None:
         tiers = TierConfig(policy, fast_budget, ram_budget, fast_providers(fast_provider),
@@ -118,6 +124,6 @@ def load_generator(bundle: Path, *, progress: bool, policy: Optional[str], profi
     bar = Progress(enabled=progress)
     try:
         return Generator.from_bundle(bundle, progress=bar, tiers=tiers, verify=verify, draft=draft_dir,
-                                     experts=experts_backend, threads=threads)
+                                     experts=experts_backend, threads=threads, providers=providers)
     finally:
         bar.close()

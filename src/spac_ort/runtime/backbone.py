@@ -28,6 +28,7 @@ from ..naming import PieceKind
 from .experts import ExpertBackend
 from .kv import KVCache
 from .routing import ExpertGroup, group_by_expert
+from .providers import piece_providers
 from .sessions import CPU, Piece
 from .stats import PieceTimers
 
@@ -38,7 +39,7 @@ RoutingObserver = Callable[[int, np.ndarray, np.ndarray], None]
 def open_piece(bundle: Path, manifest: Manifest, rel: str, kind: PieceKind, providers: Sequence[str]) -> Piece:
     """A session over a bundle graph whose inputs and outputs, in order, are the ones the
     manifest names for its kind (the backbones bind them by position or name)."""
-    piece = Piece(bundle / rel, providers)
+    piece = Piece(bundle / manifest.session_graph(rel), piece_providers(providers, kind is PieceKind.ROUTER))
     io = manifest.io.get(kind.value)
     if io is None or (piece.inputs, piece.outputs) != (io.inputs, io.outputs):
         want = f"{list(io.inputs)} -> {list(io.outputs)}" if io else f"no '{kind.value}' entry in its io"

@@ -81,9 +81,9 @@ def _draft(bundle: Path, manifest: Manifest, directory: Optional[Union[str, Path
     if directory is not None:
         model = DraftModel(find_graph(Path(directory)), providers)
     elif manifest.draft is not None and manifest.draft.graphs is Graphs.FUSED:
-        model = FusedDraft(bundle / manifest.draft.graph, manifest.draft, providers)
+        model = FusedDraft(bundle / manifest.session_graph(manifest.draft.graph), manifest.draft, providers)
     elif manifest.draft is not None:
-        model = DraftModel(bundle / manifest.draft.graph, providers)
+        model = DraftModel(bundle / manifest.session_graph(manifest.draft.graph), providers)
     else:
         return None
     if model.shape.vocab_size not in (-1, manifest.dims.vocab_size):

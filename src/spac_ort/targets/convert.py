@@ -1,0 +1,104 @@
+"""Graph conversions for deployment bundles, on ONNX Runtime's own tooling:
+
+- `to_ort`: an ONNX graph as an ORT-format model (what onnxruntime-android loads without
+  the ONNX parser; weights inside), optimized at the hardware-independent basic level so
+  that NPU providers still see standard operators;
+- `fixed_tokens`: a copy whose token dimension is a number (NNAPI and CoreML only take
+  nodes with fixed shapes);
+- `operators_config`: the required-operators file for a reduced ORT build
+  (``build.sh --include_ops_by_config``);
+- `usability`: ORT's mobile usability report (how NNAPI and CoreML would partition it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import onnx
+
+from ..runtime.sessions import CPU, ort
+
+# the symbolic token dimension of the bundle's graphs: 'T' (spac-export's own graphs) and
+# 'sequence_length' (optimum's draft export)
+TOKEN_DIMS = ("T", "sequence_length")
+
+
+def to_ort(src: Path, dst: Path) -> None:
+    """Write ``src`` (an ONNX file, external data beside it) as ORT format to ``dst``."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    so.optimized_model_filepath = str(dst)
+    so.add_session_config_entry("session.save_model_format", "ORT")
+    so.log_severity_level = 3
+    ort.InferenceSession(str(src), so, providers=[CPU])
+
+
+def to_ort_bytes(model: bytes, dst: Path) -> None:
+    """`to_ort` for a graph held in memory (the runtime's own MoE and copy graphs)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "graph.onnx"
+        src.write_bytes(model)
+        to_ort(src, dst)
+
+
+@contextlib.contextmanager
+def _own_copy(src: Path) -> Iterator[Path]:
+    """A copy of the graph ``src`` and its external data files in a temp directory. onnx
+    refuses to read external data from a file with several hard links (as bundles copied
+    with ``cp -al`` have), and its tools read the data through onnx."""
+    with tempfile.TemporaryDirectory() as tmp:
+        for f in src.parent.iterdir():
+            if f.name == src.name or f.name.startswith(src.name + "."):
+                shutil.copyfile(f, Path(tmp) / f.name)
+        yield Path(tmp) / src.name
+
+
+def fixed_tokens(src: Path, dst: Path, tokens: int) -> None:
+    """``src`` with its token dimension set to ``tokens``, as ORT format at ``dst`` (other
+    dimensions, such as the KV cache's past length, stay symbolic)."""
+    from onnxruntime.tools.onnx_model_utils import make_dim_param_fixed
+
+    with _own_copy(src) as own:
+        model = onnx.load(str(own), load_external_data=False)   # the weights stay where they are
+        for name in TOKEN_DIMS:                       # inputs, outputs and value infos that name it
+            make_dim_param_fixed(model.graph, name, tokens)
+        onnx.save(model, str(own))
+        to_ort(own, dst)
+
+
+def operators_config(models: Sequence[Path], dst: Path) -> None:
+    """The operators (and opsets) the ORT-format ``models`` use, for a reduced build."""
+    from onnxruntime.tools.ort_format_model.utils import create_config_from_models
+
+    quiet = logging.getLogger("ort_format_model.utils")      # it logs "Created config in <temp dir>"
+    level = quiet.level
+    quiet.setLevel(logging.WARNING)
+    try:
+        create_config_from_models(list(models), dst, enable_type_reduction=False)
+    finally:
+        quiet.setLevel(level)
+
+
+def usability(src: Path) -> str:
+    """ORT's mobile usability report for ``src``, as text."""
+    from onnxruntime.tools.mobile_helpers.usability_checker import analyze_model
+
+    stream = io.StringIO()
+    logger = logging.getLogger(f"spac_ort.usability.{src.name}")
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    handler = logging.StreamHandler(stream)
+    logger.addHandler(handler)
+    try:
+        with _own_copy(src) as own:
+            analyze_model(own, skip_optimize=False, logger=logger)
+    finally:
+        logger.removeHandler(handler)
+    return stream.getvalue().replace(str(own), src.name)
