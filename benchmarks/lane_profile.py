@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from .common import table
-from .realsize import TAPES
+from .realsize import TAPES, _generator
 
 
 class Timers:
@@ -58,16 +58,13 @@ class Timers:
             setattr(owner, name, fn)
         self.restore = []
 
-    def medians_us(self) -> dict[str, float]:
-        return {k: statistics.median(v) * 1e6 for k, v in self.samples.items() if v}
-
     def stats_us(self) -> dict[str, dict[str, float]]:
         """Per timer: mean, median, 90th percentile (us) and total (ms)."""
         out = {}
         for k, v in self.samples.items():
             if v:
                 q = sorted(v)
-                out[k] = {"mean": statistics.mean(v) * 1e6, "median": q[len(q) // 2] * 1e6,
+                out[k] = {"mean": statistics.mean(v) * 1e6, "median": statistics.median(v) * 1e6,
                           "p90": q[int(0.9 * (len(q) - 1))] * 1e6, "total_ms": sum(v) * 1e3, "n": len(v)}
         return out
 
@@ -100,15 +97,9 @@ def _instrument(timers: Timers) -> None:
 
 
 def _replay(bundle: Path, policy: str, overlap, tapes: list, args: argparse.Namespace) -> dict:  # type: ignore[no-untyped-def]
-    from spac_ort.runtime import Generator
-    from spac_ort.runtime.config import TierConfig
-    from spac_ort.runtime.sessions import fast_providers
     from spac_ort.runtime.tape import Replay
 
-    providers = fast_providers(args.backbone_provider)
-    tiers = None if policy == "none" else TierConfig(policy, None if policy == "resident" else args.fast_budget,
-                                                     None, fast_providers(args.fast_provider), overlap=overlap)
-    gen = Generator.from_bundle(bundle, threads=args.threads, providers=providers, tiers=tiers)
+    gen = _generator(bundle, policy, args, overlap)
     timers = Timers()
     passes = tokens = 0
     seconds = 0.0
@@ -129,9 +120,10 @@ def _replay(bundle: Path, policy: str, overlap, tapes: list, args: argparse.Name
                 pieces[k] += v
             assert out == list(tape.tokens), "a replay did not reproduce its tape"
         timers.undo()
+    stats = timers.stats_us()
     return {"policy": policy, "overlap": overlap, "tokens_per_s": tokens / seconds, "target_passes": passes,
             "ms_per_pass": {k: v * 1e3 / passes for k, v in sorted(pieces.items(), key=lambda kv: -kv[1])},
-            "us": timers.medians_us(), "stats_us": timers.stats_us()}
+            "us": {k: s["median"] for k, s in stats.items()}, "stats_us": stats}
 
 
 def _stack_sizes(args: argparse.Namespace) -> list[dict]:
@@ -179,6 +171,7 @@ def main() -> None:
     ap.add_argument("--hidden", type=int, default=2048)
     ap.add_argument("--inter", type=int, default=768)
     ap.add_argument("--out", type=Path)
+    ap.set_defaults(calibrate=False, link_gbps=0.0)          # realsize's generator options: the stand-in profile
     args = ap.parse_args()
     picked: dict = {}
     for t in load_tapes(args.tapes):

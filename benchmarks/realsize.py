@@ -47,7 +47,7 @@ def record_cmd(args: argparse.Namespace) -> None:
     print(f"wrote {len(tapes)} tapes to {args.out} (draft agreement {agree:.1%})")
 
 
-def _generator(bundle: Path, policy: str, args: argparse.Namespace):  # type: ignore[no-untyped-def]
+def _generator(bundle: Path, policy: str, args: argparse.Namespace, overlap=None):  # type: ignore[no-untyped-def]
     from spac_ort.runtime import Generator
     from spac_ort.runtime.config import TierConfig
     from spac_ort.runtime.sessions import fast_providers
@@ -58,7 +58,8 @@ def _generator(bundle: Path, policy: str, args: argparse.Namespace):  # type: ig
     budget = None if policy == "resident" else args.fast_budget
     return Generator.from_bundle(bundle, threads=args.threads, providers=providers,
                                  tiers=TierConfig(policy, budget, None, fast_providers(args.fast_provider),
-                                                  profile=_profile(bundle, args), link_bytes_per_s=_link(args)))
+                                                  profile=_profile(bundle, args), link_bytes_per_s=_link(args),
+                                                  overlap=overlap))
 
 
 def _link(args: argparse.Namespace):  # type: ignore[no-untyped-def]

@@ -7,6 +7,7 @@ from typing import Optional
 
 import click
 
+from ..target_spec import TARGETS
 from .common import Group, Progress, setup_logging, user_errors
 
 
@@ -94,7 +95,7 @@ def export_cmd(model_dir: Optional[Path], out: Path, draft_dir: Optional[Path], 
 
 
 @main.command("target")
-@click.argument("name", type=click.Choice(["android", "jetson"]))
+@click.argument("name", type=click.Choice(TARGETS))
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.option("-o", "--output", "out", type=click.Path(path_type=Path), required=True,
               help="Deployment bundle directory to create.")

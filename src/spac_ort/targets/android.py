@@ -40,16 +40,17 @@ def add(build: TargetBuild) -> TargetSpec:
             fixed = f"target/fixed/T{t}/{_ort_name(rel)}"
             fixed_tokens(build.base / rel, build.path(fixed), t)
             ort_files.append(fixed)
+    build.step("ORT format", len(graphs), len(graphs))
     ort_files += _runtime_graphs(build)
     build.added += ort_files
     build.step("operators", 0, 1)
     operators_config([build.root / f for f in ort_files], build.path("target/required_operators.config"))
     build.added.append("target/required_operators.config")
+    build.step("operators", 1, 1)
     _usability(build, graphs)
     profile = "target/device-profile.json"
     build.write_text(profile, build.profile_json())
     build.write_text("target/README.md", android_readme(build.manifest, build.hardware, tokens))
-    build.step("ORT format", len(graphs), len(graphs))
     return TargetSpec("android", mapping, tokens, PROVIDERS, profile)
 
 
@@ -72,5 +73,5 @@ def _usability(build: TargetBuild, graphs: list[str]) -> None:
     for i, rel in enumerate(graphs):
         build.step("usability report", i, len(graphs))
         parts.append(f"=== {rel}\n{usability(build.base / rel)}")
+    build.step("usability report", len(graphs), len(graphs))
     build.write_text("target/mobile_usability.txt", "\n".join(parts))
-

@@ -1,8 +1,8 @@
 """`build_target`: a deployment bundle from a bundle (``spac-export target NAME BUNDLE -o OUT``).
 
-The new bundle holds a copy of every file of the base bundle, and under ``target/`` what the target adds (`android.add` / `jetson.add`); the
-manifest lists the new files with their sha256 and gains a ``target`` section
-(`target_spec`). Like an export it is written to a temp directory beside OUT and renamed
+The new bundle holds a copy of every file of the base bundle, and under ``target/`` what
+the target adds (`android.add` / `jetson.add`); its manifest lists the new files with
+their sha256 and gains a ``target`` section (`target_spec`). Like an export it is written to a temp directory beside OUT and renamed
 into place when complete: no half-written bundle, no replacing one without ``--force``.
 """
 
@@ -62,7 +62,7 @@ def build_target(name: str, bundle: Path, out: Path, *, draft_tokens: int = 4, h
 
 
 def _copy_base(build: TargetBuild) -> None:
-    files = [rel for rel, _ in build.manifest.iter_files()] + [naming.MANIFEST]
+    files = [rel for rel, _ in build.manifest.iter_files()]       # the manifest is written by `_finish`
     for i, rel in enumerate(files):
         # copies, not hard links: onnx refuses external data in a file with several links
         shutil.copy2(build.base / rel, build.path(rel))
@@ -77,6 +77,5 @@ def _finish(build: TargetBuild, target: TargetSpec) -> Manifest:
         p = build.root / rel
         files[rel] = FileEntry(p.stat().st_size, sha256_file(p))
     manifest = dataclasses.replace(build.manifest, files=files, target=target)
-    path = build.root / naming.MANIFEST
-    path.write_text(manifest.to_json(), encoding="utf-8")
+    (build.root / naming.MANIFEST).write_text(manifest.to_json(), encoding="utf-8")
     return load_manifest(build.root)          # what the runtime will read, validated

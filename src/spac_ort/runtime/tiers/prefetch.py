@@ -10,7 +10,7 @@ Without an executor the same work happens inside `submit` (the ablation without 
 Protocol per key: claim -> load -> commit (abort on error); a reader only ever sees
 READY slots it has pinned. With a ``gate`` (an event the tier clears while a layer's
 on-demand fetches copy), the drain waits before each copy until the gate is set: a
-fetch the running layer needs never queues behind prefetches for later steps on the link.
+fetch the running layer needs waits for at most the one prefetch copy already in flight.
 """
 
 from __future__ import annotations
