@@ -1,5 +1,8 @@
 """Adaptive draft length: plain decoding vs a fixed K vs ``draft_tokens="auto"``, per domain.
 
+``auto`` runs twice: as shipped (drafts from the draft model or the context), and with
+the draft model's drafts only (``lookup=False``), which shows what each source brings.
+
     python -m benchmarks.autodraft --per-domain 4 --repeats 2 --new-tokens 128
 
 CPU, fp32, greedy, all experts resident, EOS ignored. The three configurations run in one
@@ -31,21 +34,27 @@ from spac_ort.runtime import Generator
 Draft = Union[int, str, None]          # draft_tokens; None = plain decoding
 
 
+MODEL_ONLY = "auto-model"              # auto without drafts from the context
+
+
 def configs(k: int) -> list[tuple[str, Draft]]:
     """The compared configurations, and plain decoding once more: an A/A control that shows
     how far two identical configurations drift apart in this measurement."""
-    return [("plain", None), (f"K={k}", k), ("auto", "auto"), ("plain again", None)]
+    return [("plain", None), (f"K={k}", k), ("auto", "auto"), ("auto, model drafts only", MODEL_ONLY),
+            ("plain again", None)]
 
 
 def _result(gen: Generator, tokens: list[int]) -> dict:
     r = gen.report
     return {"tokens": tokens, "decode_tokens": r.new_tokens - 1, "decode_seconds": r.decode_seconds,
-            "proposed": r.proposed, "accepted": r.accepted, "k_histogram": dict(r.k_histogram)}
+            "proposed": r.proposed, "accepted": r.accepted, "k_histogram": dict(r.k_histogram),
+            "lookup_windows": r.lookup_windows, "lookup_proposed": r.lookup_proposed,
+            "lookup_accepted": r.lookup_accepted}
 
 
 def _stream(gen: Generator, ids: list[int], draft: Draft, new_tokens: int) -> Iterator[int]:
     return gen.generate(ids, max_new_tokens=new_tokens, stop_at_eos=False, speculative=draft is not None,
-                        draft_tokens=draft if draft is not None else "auto")
+                        draft_tokens="auto" if draft in (None, MODEL_ONLY) else draft, lookup=draft != MODEL_ONLY)
 
 
 def _slices(gens: dict[str, Generator], cfgs: list[tuple[str, Draft]], ids: list[int], new_tokens: int,
@@ -132,6 +141,11 @@ def summarise_domain(records: list[dict], k: int) -> dict:
             hist[kk] += n
     tps = {label: s["decode_tokens"] / s["decode_seconds"] for label, s in sums.items()}
     gm, lo, hi = paired([_rate(r["results"]["auto"]) / _rate(r["results"]["plain"]) for r in records])
+    mo = paired([_rate(r["results"]["auto, model drafts only"]) / _rate(r["results"]["plain"]) for r in records])
+    auto = sums["auto"]
+    looked = sum(r["results"]["auto"]["lookup_windows"] for r in records)
+    looked_acc = sum(r["results"]["auto"]["lookup_accepted"] for r in records)
+    looked_prop = sum(r["results"]["auto"]["lookup_proposed"] for r in records)
     aa = paired([_rate(r["results"]["plain again"]) / _rate(r["results"]["plain"]) for r in records])
     steps = sum(hist.values())
     return {
@@ -141,6 +155,11 @@ def summarise_domain(records: list[dict], k: int) -> dict:
         "auto_vs_plain": tps["auto"] / tps["plain"],
         "auto_vs_best": tps["auto"] / max(tps["plain"], tps[fixed]),
         "auto_vs_plain_paired": gm, "auto_vs_plain_paired_95": [lo, hi],
+        "model_only_tokens_per_s": tps["auto, model drafts only"],
+        "model_only_vs_plain_paired": mo[0], "model_only_vs_plain_paired_95": [mo[1], mo[2]],
+        "auto_lookup_window_share": looked / max(1, steps - hist.get(0, 0)),
+        "auto_lookup_acceptance": looked_acc / max(1, looked_prop),
+        "auto_acceptance": auto["accepted"] / max(1.0, auto["proposed"]),
         "control_vs_plain_paired": aa[0], "control_vs_plain_paired_95": [aa[1], aa[2]],
         "auto_plain_share": hist.get(0, 0) / steps, "auto_mean_k": sum(kk * n for kk, n in hist.items()) / steps,
         "auto_k_histogram": dict(sorted(hist.items())),
@@ -165,7 +184,10 @@ def rows(summary: dict[str, dict], model: str) -> list[list]:
              r["auto_tokens_per_s"],
              f"{r['auto_vs_plain_paired']:.2f} [{r['auto_vs_plain_paired_95'][0]:.2f}, "
              f"{r['auto_vs_plain_paired_95'][1]:.2f}]",
-             r["auto_vs_best"], r["auto_plain_share"], r["auto_mean_k"],
+             r["auto_vs_best"], r["auto_plain_share"], r["auto_mean_k"], r["auto_lookup_window_share"],
+             r["auto_lookup_acceptance"],
+             f"{r['model_only_vs_plain_paired']:.2f} [{r['model_only_vs_plain_paired_95'][0]:.2f}, "
+             f"{r['model_only_vs_plain_paired_95'][1]:.2f}]",
              f"{r['control_vs_plain_paired']:.2f} [{r['control_vs_plain_paired_95'][0]:.2f}, "
              f"{r['control_vs_plain_paired_95'][1]:.2f}]"]
             for dom, r in summary.items()]
@@ -197,7 +219,8 @@ def main() -> None:
         results["demo"], rounds["demo"] = summarise(records, args.k), raw(records)
     print(table(["model", "domain", "prompts", "plain tok/s", f"K={args.k} tok/s", f"K={args.k} acceptance",
                  "auto tok/s", "auto / plain, paired [95%]", f"auto / max(plain, K={args.k})",
-                 "auto plain share", "auto mean K", "A/A: plain again / plain [95%]"],
+                 "auto plain share", "auto mean K", "auto: windows from the context", "their acceptance",
+                 "auto with model drafts only / plain, paired [95%]", "A/A: plain again / plain [95%]"],
                 [row for model, summary in results.items() for row in rows(summary, model)]))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"machine": machine(), "new_tokens": args.new_tokens, "k": args.k,

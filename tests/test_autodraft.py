@@ -130,6 +130,29 @@ def test_cli_draft_tokens_option(demo_bundle):
     assert res.exit_code == 0 and "speculative K=auto" in res.stderr and "K per target pass" in res.stderr
     res = run("-k", "3", "--json")
     assert res.exit_code == 0 and json.loads(res.stdout)["report"]["draft_mode"] == 3
+    res = run("--no-lookup", "--json")
+    assert res.exit_code == 0 and json.loads(res.stdout)["report"]["lookup_windows"] == 0
     res = run("-k", "fast")
     assert res.exit_code == 2
     assert res.stderr.strip().startswith("error: draft-tokens 'fast'") and len(res.stderr.strip().splitlines()) == 1
+
+
+def test_context_drafts_are_lossless_and_can_be_turned_off(demo_bundle):
+    gen = Generator.from_bundle(demo_bundle)
+    ids = gen.encode("one two three four one two three four one two three four one two")
+    plain = list(gen.generate(ids, max_new_tokens=48, stop_at_eos=False, speculative=False))
+    auto = list(gen.generate(ids, max_new_tokens=48, stop_at_eos=False))
+    assert auto == plain
+    with_lookup = gen.report
+    assert with_lookup.lookup_windows > 0 and with_lookup.lookup_proposed >= with_lookup.lookup_windows
+    assert "drafts from the context" in with_lookup.render()
+    off = list(gen.generate(ids, max_new_tokens=48, stop_at_eos=False, lookup=False))
+    assert off == plain and gen.report.lookup_windows == 0
+
+
+def test_seeded_sampling_with_context_drafts_repeats(demo_bundle):
+    gen = Generator.from_bundle(demo_bundle)
+    ids = gen.encode("a b a b a b a b a b a b")
+    sampling = SamplingConfig(temperature=0.8, seed=11)
+    first = list(gen.generate(ids, max_new_tokens=32, sampling=sampling, stop_at_eos=False))
+    assert list(gen.generate(ids, max_new_tokens=32, sampling=sampling, stop_at_eos=False)) == first

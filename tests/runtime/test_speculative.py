@@ -9,7 +9,7 @@ import pytest
 
 from spac_ort.runtime.kv import KVCache
 from spac_ort.runtime.sampling import sample
-from spac_ort.runtime.speculative import Verdict, accept_greedy, accept_sampling
+from spac_ort.runtime.speculative import Verdict, accept_greedy, accept_sampling, certain
 
 
 def _logits(rows: list[int], v: int = 6) -> np.ndarray:
@@ -68,16 +68,20 @@ def _generate(rule, target, draft, k, rng) -> tuple[int, ...]:
         drafts, q = [], []
         prev = seq[-1]
         for _ in range(k):
+            if draft is None:                        # proposed with certainty, as from the context
+                prev = (prev + 1) % V
+                drafts.append(prev)
+                continue
             q.append(draft[prev])
             prev = sample(draft[prev], rng)
             drafts.append(prev)
         p = np.stack([target[t] for t in [seq[-1], *drafts]])
-        seq.extend(rule(drafts, np.stack(q), p, rng).tokens)
+        seq.extend(rule(drafts, np.stack(q) if q else certain(drafts, V), p, rng).tokens)
     return tuple(seq[1:N + 1])
 
 
-def _chi2(rule, k: int, seed: int) -> float:
-    target, draft = _markov(1), _markov(2)
+def _chi2(rule, k: int, seed: int, certain_drafts: bool = False) -> float:
+    target, draft = _markov(1), None if certain_drafts else _markov(2)
     rng = np.random.default_rng(seed)
     seqs = list(itertools.product(range(V), repeat=N))
     index = {s: i for i, s in enumerate(seqs)}
@@ -95,6 +99,11 @@ CHI2_LIMIT = 103.0
 @pytest.mark.parametrize("k", [1, 3])
 def test_speculative_sampling_matches_target_distribution(k):
     assert _chi2(accept_sampling, k, seed=k) < CHI2_LIMIT
+
+
+def test_certain_drafts_keep_the_target_distribution():
+    assert _chi2(accept_sampling, 2, seed=7, certain_drafts=True) < CHI2_LIMIT
+    assert _chi2(_accept_no_residual, 2, seed=8, certain_drafts=True) > 3 * CHI2_LIMIT
 
 
 def test_wrong_accept_rule_is_detected():

@@ -49,6 +49,9 @@ _OPTIONS = [
                       "measured acceptance and draft/verify times, down to plain decoding where drafting does not "
                       "pay."),
     click.option("--no-speculative", is_flag=True, help="Decode one token per target pass (ignore the draft)."),
+    click.option("--no-lookup", is_flag=True,
+                 help="With --draft-tokens auto: draft with the draft model only, never from the context (the "
+                      "tokens that followed an earlier occurrence of the last three)."),
     click.option("--draft", "draft_dir", type=click.Path(path_type=Path),
                  help="Use this optimum ONNX export directory as the draft instead of the bundle's."),
     click.option("--experts", "experts_backend", type=click.Choice(BACKENDS), default="auto", show_default=True,
@@ -84,7 +87,7 @@ _OPTIONS = [
 ]
 
 # the options above that only choose how tokens are drafted, not how the bundle loads
-DECODE_OPTIONS = ("draft_tokens", "no_speculative")
+DECODE_OPTIONS = ("draft_tokens", "no_speculative", "no_lookup")
 
 
 def placement_options(command: Callable[..., Any]) -> Callable[..., Any]:

@@ -56,12 +56,12 @@ def main(bundle: Path, prompt: Optional[str], prompt_file: Optional[Path], max_n
             raise ConfigError(f"--plan-out {plan_out} must end in .json or .dot")
         text = _read_prompt(prompt, prompt_file)
         sampling = SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
-        draft_tokens, no_speculative = (placement.pop(name) for name in DECODE_OPTIONS)
+        draft_tokens, no_speculative, no_lookup = (placement.pop(name) for name in DECODE_OPTIONS)
         gen = load_generator(bundle, progress=not quiet and not as_json, **placement)
         with gen:
             ids = gen.encode(text)
             tokens = gen.generate(ids, max_new_tokens=max_new_tokens, sampling=sampling, draft_tokens=draft_tokens,
-                                  speculative=False if no_speculative else None)
+                                  speculative=False if no_speculative else None, lookup=not no_lookup)
             writer = _trace_writer(trace)
             if writer is not None:
                 gen.step_observers.append(writer)

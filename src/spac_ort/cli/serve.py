@@ -41,10 +41,11 @@ def main(bundle: Path, host: str, port: int, model_name: Optional[str], queue_si
         from ..serve.engine import Engine
 
         sock = _listen(host, port)
-        draft_tokens, no_speculative = (placement.pop(name) for name in DECODE_OPTIONS)
+        draft_tokens, no_speculative, no_lookup = (placement.pop(name) for name in DECODE_OPTIONS)
         gen = load_generator(bundle, progress=not quiet, **placement)
         engine = Engine(gen, queue_size=queue_size, draft_tokens=draft_tokens,
-                        speculative=False if no_speculative else None, template=_template(gen))
+                        speculative=False if no_speculative else None, lookup=not no_lookup,
+                        template=_template(gen))
         name = model_name or Path(bundle).resolve().name
         app = build_app(engine, name)
         address = sock.getsockname()

@@ -23,6 +23,11 @@ Estimates:
   valid when the whole machine speeds up or slows down, and one s for every T gathers
   many measurements. s is pulled toward its prior until it has a few.
 
+Two draft sources: the draft model, and the context (`lookup.ContextLookup`: the tokens
+that followed the last earlier occurrence of the sequence's tail). Each has its own a and
+probe schedule; context drafts cost nothing to propose (d = 0), so their windows pay at a
+lower acceptance, and they are offered only where the tail occurred before.
+
 Probes: at K=0 nothing measures a. After ``interval`` plain passes one probe window (the
 best K >= 1) is verified. A probe that wins resets the interval; one that loses doubles
 it, and stretches it until what the probe lost (its time, the draft catching up on the
@@ -33,16 +38,16 @@ have too little text left to pay off. A seeded sample must repeat, so with
 ``measure_costs=False`` the seconds are ignored and the cost priors stand in for them.
 
     control = DraftController(DraftControlConfig())
-    k = control.choose(remaining=tokens_left)  # 0 = plain pass
-    ... draft k tokens, verify k+1 ...
-    control.observe(k, accepted, draft_seconds, target_seconds, target_tokens=k + 1,
-                    catchup_seconds=catchup)
+    pick = control.pick(remaining=tokens_left, lookup=len(context_drafts))  # pick.k 0 = plain pass
+    ... draft pick.k tokens (from the context if pick.lookup), verify k+1 ...
+    control.observe(pick.k, accepted, draft_seconds, target_seconds, target_tokens=pick.k + 1,
+                    catchup_seconds=catchup, lookup=pick.lookup)
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import NamedTuple, Optional
 
 from ..errors import ConfigError
 
@@ -120,6 +125,37 @@ class _Cost:
             self.mean += (self.fall if value < self.mean else self.rise) * (value - self.mean)
 
 
+class Pick(NamedTuple):
+    """The next step: K drafts (0 = a plain pass), from the context or the draft model."""
+
+    k: int
+    lookup: bool = False
+
+
+class _Source:
+    """One draft source's decayed verdicts and probe schedule."""
+
+    def __init__(self, config: DraftControlConfig):
+        self.accepted = 0.0                     # decayed draft tokens accepted
+        self.rejected = 0.0                     # decayed rejections (at most one per window)
+        self.interval = config.probe_interval
+        self.idle = config.probe_interval      # target passes since this source's last window
+
+    def acceptance(self, c: DraftControlConfig) -> float:
+        return (self.accepted + c.prior_acceptance * c.prior_weight) / (
+            self.accepted + self.rejected + c.prior_weight)
+
+    def verdict(self, accepted: int, k: int, smoothing: float) -> None:
+        rejected = 1 if accepted < k else 0
+        keep = (1.0 - smoothing) ** (accepted + rejected)
+        self.accepted = keep * self.accepted + accepted
+        self.rejected = keep * self.rejected + rejected
+
+    @property
+    def probing(self) -> bool:
+        return self.idle >= self.interval
+
+
 class DraftController:
     """Picks K per step from measured acceptance and costs; see the module docstring."""
 
@@ -127,13 +163,11 @@ class DraftController:
 
     def __init__(self, config: DraftControlConfig = DraftControlConfig()):
         self.config = config
-        self._accepted = 0.0                    # decayed draft tokens accepted
-        self._rejected = 0.0                    # decayed rejections (at most one per window)
+        self._model = _Source(config)           # drafts of the draft model
+        self._context = _Source(config)         # drafts looked up in the context (d = 0)
         self._plain = self._cost()              # v: seconds of a plain pass
         self._token = self._cost()              # s: seconds a token adds to a target pass / v
         self._draft = self._cost()              # d: seconds per draft token / v
-        self._interval = config.probe_interval
-        self._plain_run = config.probe_interval                # plain passes since the last window
         self._since_plain = _FRESH                              # steps since the last plain pass
         self._plain_seen = 0                                    # plain passes observed, timed or not
         self._update()
@@ -148,9 +182,13 @@ class DraftController:
     # ---- estimates ---------------------------------------------------------------------
     @property
     def acceptance(self) -> float:
-        c = self.config
-        return (self._accepted + c.prior_acceptance * c.prior_weight) / (
-            self._accepted + self._rejected + c.prior_weight)
+        """a of the draft model's tokens."""
+        return self._model.acceptance(self.config)
+
+    @property
+    def lookup_acceptance(self) -> float:
+        """a of drafts looked up in the context."""
+        return self._context.acceptance(self.config)
 
     def token_cost(self) -> float:
         """s: what one more token adds to a target pass, in plain passes; the measured
@@ -167,10 +205,14 @@ class DraftController:
         """Expected tokens per plain-pass time for K = 0 .. max_k, [max_k + 1]."""
         return step_rates(self.acceptance, self.draft_cost(), 1.0, self.token_cost(), self.config.max_k)
 
+    def lookup_rates(self) -> list[float]:
+        """The same for drafts from the context, which cost nothing to propose."""
+        return step_rates(self.lookup_acceptance, 0.0, 1.0, self.token_cost(), self.config.max_k)
+
     def _update(self) -> None:
-        rates = self.rates()
-        self._best = _argmax(rates, self.config.min_k)     # highest expected rate, K >= min_k
-        self._best_window = _argmax(rates, 1)              # the same among K >= 1: a probe's K
+        self._rates, self._lookup_rates = self.rates(), self.lookup_rates()
+        self._best = _argmax(self._rates, self.config.min_k)     # highest expected rate, K >= min_k
+        self._best_window = _argmax(self._rates, 1)              # the same among K >= 1: a probe's K
 
     def best(self) -> int:
         """The K with the highest expected rate, at least ``min_k`` (no probing)."""
@@ -179,45 +221,56 @@ class DraftController:
     # ---- decisions ---------------------------------------------------------------------
     @property
     def probing(self) -> bool:
-        """The next window (if any) is a probe after a run of plain passes."""
-        return self._plain_run >= self._interval
+        """The next window of the draft model (if any) is a probe after a run of plain passes."""
+        return self._model.probing
 
     def choose(self, remaining: Optional[int] = None) -> int:
-        """K for the next step; 0 = a plain pass. ``remaining``: tokens still to generate,
-        if known. Does not change the state."""
+        """K of the draft model for the next step; 0 = a plain pass (no context drafts)."""
+        return self.pick(remaining).k
+
+    def pick(self, remaining: Optional[int] = None, lookup: int = 0) -> Pick:
+        """The next step. ``remaining``: tokens still to generate, if known; ``lookup``: how
+        many drafts the context offers (0: none). Does not change the state."""
         c = self.config
         if c.measure_costs and c.min_k == 0 and (self._plain.n < 2 or self._since_plain >= c.anchor_interval):
-            return 0                            # (re)measure v, the unit of all costs
-        if self._best == 0 and self.probing and (remaining is None or remaining >= self._interval):
-            return self._best_window
-        return self._best
+            return Pick(0)                      # (re)measure v, the unit of all costs
+        room = (lambda source: remaining is None or remaining >= source.interval)
+        if lookup:
+            lk = _argmax(self._lookup_rates[:min(lookup, c.max_k) + 1], 1)
+            if self._lookup_rates[lk] > self._rates[self._best] or (
+                    self._best == 0 and self._context.probing and room(self._context)):
+                return Pick(lk, True)
+        if self._best == 0 and self._model.probing and room(self._model):
+            return Pick(self._best_window)
+        return Pick(self._best)
 
     def observe(self, k: int, accepted: int, draft_seconds: float, target_seconds: float,
-                target_tokens: int, catchup_seconds: float = 0.0) -> None:
-        """Record a step: K drafts (0 = plain), ``accepted`` of them kept, the seconds spent
-        drafting them and in the target pass over ``target_tokens`` (T) tokens, and before
-        that letting the draft read tokens it skipped."""
+                target_tokens: int, catchup_seconds: float = 0.0, lookup: bool = False) -> None:
+        """Record a step: K drafts (0 = plain; ``lookup``: from the context), ``accepted`` of
+        them kept, the seconds spent drafting them and in the target pass over
+        ``target_tokens`` (T) tokens, and before that letting the draft read tokens it skipped."""
         assert 0 <= accepted <= k and target_tokens >= 1, (k, accepted, target_tokens)
         if self.config.measure_costs:
-            self._time(k, draft_seconds, target_seconds, target_tokens)
-        if k == 0:                              # a, s and d are unchanged: so is the decision
-            self._plain_run += 1
+            self._time(0 if lookup else k, draft_seconds, target_seconds, target_tokens)
+        used = (self._context if lookup else self._model) if k else None
+        for source in (self._model, self._context):
+            if source is not used:
+                source.idle += 1
+        if used is None:                        # a, s and d are unchanged: so is the decision
             return
-        rejected = 1 if accepted < k else 0
-        keep = (1.0 - self.config.smoothing) ** (accepted + rejected)
-        self._accepted = keep * self._accepted + accepted
-        self._rejected = keep * self._rejected + rejected
+        used.verdict(accepted, k, self.config.smoothing)
         self._update()
-        if self.probing:
+        if used.probing:
             lost = catchup_seconds + draft_seconds + target_seconds - (accepted + 1) * self._plain.mean
-            self._interval = self._next_interval(lost) if self._best == 0 else self.config.probe_interval
-        self._plain_run = 0
+            still_plain = self._best == 0 and (used is self._model or self._lookup_rates[k] <= 1.0)
+            used.interval = self._next_interval(used, lost) if still_plain else self.config.probe_interval
+        used.idle = 0
 
-    def _next_interval(self, lost_seconds: float) -> int:
+    def _next_interval(self, source: _Source, lost_seconds: float) -> int:
         """Plain passes before the next probe, after one that lost ``lost_seconds``."""
         c = self.config
         budget = lost_seconds / (c.probe_budget * self._v) if self._plain.n else 0.0
-        return int(min(max(2 * self._interval, budget), c.max_probe_interval))
+        return int(min(max(2 * source.interval, budget), c.max_probe_interval))
 
     def _time(self, k: int, draft_seconds: float, target_seconds: float, target_tokens: int) -> None:
         if target_tokens == 1:
@@ -256,6 +309,9 @@ class FixedDraft:
     def choose(self, remaining: Optional[int] = None) -> int:
         return self.k
 
+    def pick(self, remaining: Optional[int] = None, lookup: int = 0) -> Pick:
+        return Pick(self.k)
+
     def observe(self, k: int, accepted: int, draft_seconds: float, target_seconds: float,
-                target_tokens: int, catchup_seconds: float = 0.0) -> None:
+                target_tokens: int, catchup_seconds: float = 0.0, lookup: bool = False) -> None:
         pass

@@ -26,6 +26,7 @@ from .backbone import Backbone
 from .config import TierConfig
 from .draft import DraftModel
 from .draft_control import DraftControlConfig, DraftController, FixedDraft
+from .lookup import ContextLookup
 from .loading import load
 from .sampling import SamplingConfig, select
 from .sensor import RoutingRecorder, StepObserver, StepRecord
@@ -121,13 +122,16 @@ class Generator:
     # ---- generation --------------------------------------------------------------------
     def generate(self, prompt: Union[str, Sequence[int]], *, max_new_tokens: int = 128,
                  sampling: SamplingConfig = SamplingConfig(), stop_at_eos: bool = True,
-                 draft_tokens: Union[int, str] = "auto", speculative: Optional[bool] = None) -> Iterator[int]:
+                 draft_tokens: Union[int, str] = "auto", speculative: Optional[bool] = None,
+                 lookup: bool = True) -> Iterator[int]:
         """Yield new token ids. Greedy unless ``sampling.temperature > 0``.
 
         Speculative whenever a draft model is loaded, unless ``speculative=False``:
         ``draft_tokens`` = K per step, or ``"auto"`` to pick K per step from measured
         acceptance and costs, plain passes (K=0) included unless the policy needs a window
-        every pass; without a draft, ``"auto"`` decodes plainly. The output is the same as
+        every pass; without a draft, ``"auto"`` decodes plainly. ``"auto"`` also drafts from
+        the context (the tokens that followed an earlier occurrence of the last few) where
+        that pays, unless ``lookup=False``. The output is the same as
         without speculation (greedy: identical tokens; sampling: the same distribution). Stops after
         ``max_new_tokens``, at an EOS token (yielded), or at the model's maximum positions.
         `self.report` describes the run.
@@ -138,7 +142,9 @@ class Generator:
             raise ConfigError(f"max-new-tokens {max_new_tokens} must be at least 1")
         spec = self._speculative(speculative, draft_tokens)
         control = self._draft_control(draft_tokens, spec, self.policy, sampling)
-        return _bundle_faults(self._generate(ids, max_new_tokens, sampling, stop_at_eos, control), self.bundle)
+        context = ContextLookup() if lookup and isinstance(control, DraftController) else None
+        return _bundle_faults(self._generate(ids, max_new_tokens, sampling, stop_at_eos, control, context),
+                              self.bundle)
 
     def _speculative(self, wanted: Optional[bool], draft_tokens: Union[int, str]) -> bool:
         """Speculate or not: the caller's choice, else the policy's, else whenever a draft is
@@ -192,7 +198,7 @@ class Generator:
             obs.on_step(rec)
 
     def _generate(self, prompt: list[int], max_new: int, sampling: SamplingConfig, stop_at_eos: bool,
-                  control: Control) -> Iterator[int]:
+                  control: Control, context: Optional[ContextLookup]) -> Iterator[int]:
         bb, draft = self.backbone, self.draft
         k = control.largest                     # 0: plain decoding, the draft is not used
         bb.greedy = sampling.temperature == 0                      # only argmaxes are read
@@ -223,14 +229,16 @@ class Generator:
         report.prefill_seconds = perf_counter() - t0
         report.stop_reason = "max_new_tokens"
         try:
-            yield from self._decode(seq, pending, (cache, dcache), max_new, limit, eos, sampling, rng, control)
+            yield from self._decode(seq, pending, (cache, dcache), max_new, limit, eos, sampling, rng, control,
+                                    context)
         finally:
             report.piece_seconds = dict(bb.timers.seconds)
             report.piece_calls = dict(bb.timers.calls)
             report.tiers = self.experts.summary(report.new_tokens, since=mark)
 
     def _decode(self, seq: list[int], pending: list[int], caches: tuple[Any, Any], max_new: int, limit: int,
-                eos: set[int], sampling: SamplingConfig, rng: np.random.Generator, control: Control) -> Iterator[int]:
+                eos: set[int], sampling: SamplingConfig, rng: np.random.Generator, control: Control,
+                context: Optional[ContextLookup]) -> Iterator[int]:
         report = self.report
         t_decode = perf_counter()
         while True:
@@ -247,12 +255,15 @@ class Generator:
             self._step += 1
             # window size: never propose past max_new_tokens or the positions left
             left = min(max_new - report.new_tokens, limit - len(seq) + 1)       # tokens still to generate
-            k = max(0, min(control.choose(remaining=left), left - 1))
-            pending = self._step_once(seq, k, caches, sampling, rng, control)
+            offered = context.propose(seq, min(control.largest, left - 1)) if context is not None else []
+            pick = control.pick(remaining=left, lookup=len(offered))
+            k = max(0, min(pick.k, left - 1))
+            pending = self._step_once(seq, k, caches, sampling, rng, control, offered[:k] if pick.lookup else None)
 
     def _step_once(self, seq: list[int], k: int, caches: tuple[Any, Any], sampling: SamplingConfig,
-                   rng: np.random.Generator, control: Control) -> list[int]:
-        """One target pass: plain (K=0) or a speculative window; reported and observed."""
+                   rng: np.random.Generator, control: Control, proposed: Optional[list[int]] = None) -> list[int]:
+        """One target pass: plain (K=0) or a speculative window (``proposed``: its drafts,
+        from the context); reported and observed."""
         t_step = perf_counter()
         cache, dcache = caches
         if k == 0:
@@ -261,13 +272,13 @@ class Generator:
             self._record("decode", 1, pending)
             control.observe(0, 0, 0.0, perf_counter() - t_step, 1)
         else:
-            window = speculative_step(self.draft, self.backbone, seq, k, cache, dcache, sampling, rng)
+            window = speculative_step(self.draft, self.backbone, seq, k, cache, dcache, sampling, rng, proposed)
             self.backbone.timers.add("draft", window.catchup_seconds + window.draft_seconds, k)
-            self.report.add_window(window)
+            self.report.add_window(window, lookup=proposed is not None)
             pending = list(window.verdict.tokens)
             self._record("verify", k + 1, pending, window)
             control.observe(k, window.verdict.accepted, window.draft_seconds,
                             perf_counter() - t_step - window.draft_seconds - window.catchup_seconds, k + 1,
-                            catchup_seconds=window.catchup_seconds)
+                            catchup_seconds=window.catchup_seconds, lookup=proposed is not None)
         self.report.add_pass(k, len(pending))
         return pending

@@ -1,6 +1,7 @@
 """Speculative decoding: one step, and its accept rules.
 
-    speculative_step:  draft K -> verify K+1 -> accept -> roll back both KV caches
+    speculative_step:  draft K (or take K from the context) -> verify K+1 -> accept ->
+                       roll back both KV caches
 
 The accept rules are pure functions (no ORT, no clocks); the step drives the two models
 and times its parts for the report and the K controller.
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from time import perf_counter
-from typing import Protocol, Sequence
+from typing import Optional, Protocol, Sequence
 
 import numpy as np
 
@@ -56,6 +57,15 @@ def accept_sampling(drafts: Sequence[int], q: np.ndarray, p: np.ndarray, rng: np
     return Verdict(len(drafts), tuple(int(x) for x in drafts) + (sample(p[len(drafts)], rng),))
 
 
+def certain(drafts: Sequence[int], vocab: int) -> np.ndarray:
+    """[K, V] one-hot rows: the "distributions" of drafts proposed with certainty (from the
+    context). With them `accept_sampling` keeps draft d with probability p(d) and otherwise
+    draws from p without d, so the emitted tokens still follow the target's distribution."""
+    q = np.zeros((len(drafts), vocab), dtype=np.float64)
+    q[np.arange(len(drafts)), list(drafts)] = 1.0
+    return q
+
+
 class Draft(Protocol):
     def forward(self, ids: Sequence[int], cache: KVCache) -> np.ndarray: ...          # [V]
 
@@ -76,9 +86,14 @@ class Window:
 
 
 def speculative_step(draft: Draft, target: Target, seq: list[int], k: int, cache: KVCache, dcache: KVCache,
-                     sampling: SamplingConfig, rng: np.random.Generator) -> Window:
+                     sampling: SamplingConfig, rng: np.random.Generator,
+                     proposed: Optional[Sequence[int]] = None) -> Window:
     """Propose K tokens after ``seq``, verify them in one target pass, keep the accepted
-    prefix and one token of the target; both caches end at the committed sequence."""
+    prefix and one token of the target; both caches end at the committed sequence.
+    ``proposed``: K drafts from elsewhere (the context); the draft model then does not run
+    and its cache falls behind, to catch up in its next window."""
+    if proposed is not None:
+        return _verify(target, seq, tuple(int(t) for t in proposed), cache, dcache, sampling, rng, 0.0, 0.0)
     t0 = perf_counter()
     feed = seq[dcache.length:]
     if len(feed) > 2:                        # catch up on skipped tokens in one call
@@ -95,13 +110,24 @@ def speculative_step(draft: Draft, target: Target, seq: list[int], k: int, cache
             q.append(probabilities(logits, sampling))
             drafts.append(sample(q[-1], rng))
         feed = drafts[-1:]
+    return _verify(target, seq, tuple(drafts), cache, dcache, sampling, rng, t1 - t0, perf_counter() - t1,
+                   np.stack(q) if q else None)
+
+
+def _verify(target: Target, seq: list[int], drafts: tuple[int, ...], cache: KVCache, dcache: KVCache,
+            sampling: SamplingConfig, rng: np.random.Generator, catchup_s: float, draft_s: float,
+            q: Optional[np.ndarray] = None) -> Window:
+    """The target pass over ``[last, *drafts]``, the verdict, and both caches rolled back.
+    ``q``: the draft distributions for sampling; None: the drafts were certain (one-hot)."""
     t2 = perf_counter()
     logits = target.forward([seq[-1], *drafts], cache, last_only=False)          # [K+1, V]
     if sampling.greedy:
         verdict = accept_greedy(drafts, logits)
     else:
-        verdict = accept_sampling(drafts, np.stack(q), np.stack([probabilities(r, sampling) for r in logits]), rng)
+        if q is None:
+            q = certain(drafts, logits.shape[-1])
+        verdict = accept_sampling(drafts, q, np.stack([probabilities(r, sampling) for r in logits]), rng)
     committed = len(seq) + verdict.accepted                  # target cache keeps [.. last, d_1 .. d_n]
     cache.truncate(committed)
     dcache.truncate(min(dcache.length, committed))
-    return Window(tuple(drafts), verdict, t1 - t0, t2 - t1, perf_counter() - t2)
+    return Window(drafts, verdict, catchup_s, draft_s, perf_counter() - t2)

@@ -41,16 +41,24 @@ class RunReport:
     proposed: int = 0              # draft tokens proposed
     accepted: int = 0              # draft tokens accepted
     verify_steps: int = 0          # target passes that verified a window
+    lookup_windows: int = 0        # ... of them with drafts from the context
+    lookup_proposed: int = 0       # draft tokens from the context, proposed and accepted
+    lookup_accepted: int = 0
     target_steps: int = 0          # target passes after prefill (verify + plain)
     step_tokens: int = 0           # tokens committed by those passes
     draft_seconds: float = 0.0
     verify_seconds: float = 0.0
     tiers: Optional[dict[str, Any]] = None     # TieredExperts.summary() when a policy ran
 
-    def add_window(self, window: Any) -> None:
-        """Count one speculative window (a `speculative.Window`)."""
+    def add_window(self, window: Any, lookup: bool = False) -> None:
+        """Count one speculative window (a `speculative.Window`; ``lookup``: its drafts came
+        from the context)."""
         self.proposed += len(window.drafts)
         self.accepted += window.verdict.accepted
+        if lookup:
+            self.lookup_windows += 1
+            self.lookup_proposed += len(window.drafts)
+            self.lookup_accepted += window.verdict.accepted
         self.verify_steps += 1
         self.draft_seconds += window.catchup_seconds + window.draft_seconds
         self.verify_seconds += window.verify_seconds
@@ -117,6 +125,9 @@ class RunReport:
                          f"{self.tokens_per_target_step:.2f} tokens per target step; draft "
                          f"{self.draft_seconds * 1e3:.0f} ms, verify {self.verify_seconds * 1e3:.0f} ms")
             lines.append(self.render_k_histogram())
+            if self.lookup_windows:
+                lines.append(f"drafts from the context: {self.lookup_windows} windows, accepted "
+                             f"{self.lookup_accepted} of {self.lookup_proposed}")
         if self.tiers:
             t = self.tiers
             precision = f" of {t['experts']} experts" if t.get("experts", "fp32") != "fp32" else ""

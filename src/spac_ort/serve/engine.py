@@ -50,10 +50,10 @@ class Job:
 
 class Engine:
     def __init__(self, gen: Generator, *, queue_size: int = 16, draft_tokens: Union[int, str] = "auto",
-                 speculative: Optional[bool] = None, template: Optional[ChatTemplate] = None):
+                 speculative: Optional[bool] = None, lookup: bool = True, template: Optional[ChatTemplate] = None):
         self.gen = gen
         self.template = template
-        self.draft_tokens, self.speculative = draft_tokens, speculative
+        self.draft_tokens, self.speculative, self.lookup = draft_tokens, speculative, lookup
         self.metrics = Metrics(gen.experts.mark())
         self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
         self._closing = False
@@ -134,7 +134,8 @@ class Engine:
     def _generate(self, job: Job) -> Result:
         gen, req = self.gen, job.request
         tokens = gen.generate(job.ids, max_new_tokens=job.max_tokens, sampling=job.sampling,
-                              draft_tokens=self.draft_tokens, speculative=self.speculative)
+                              draft_tokens=self.draft_tokens, speculative=self.speculative,
+                              lookup=self.lookup)
         decoder = StreamDecoder(gen.tokenizer) if gen.tokenizer else None
         stops = StopMatcher(req.stop)
         out: list[int] = []
