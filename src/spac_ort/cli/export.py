@@ -103,10 +103,13 @@ def export_cmd(model_dir: Optional[Path], out: Path, draft_dir: Optional[Path], 
               help="android: K of the verify window; fixed-shape graphs are made for 1 and K + 1 tokens.")
 @click.option("--hardware", help="Device whose cost model the bundle ships (default: a Snapdragon 8 Gen 3 "
                                  "class phone for android, Jetson AGX Orin 64GB for jetson).")
+@click.option("--precision", type=click.Choice(("fp16", "fp32")),
+              help="jetson only: the precision of the session graphs the runtime opens; fp16 (the default): "
+                   "weights and arithmetic in fp16, inputs and outputs fp32, the greedy head fp32.")
 @click.option("--force", is_flag=True, help="Replace an existing bundle at -o.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
-def target_cmd(name: str, bundle: Path, out: Path, draft_tokens: int, hardware: Optional[str], force: bool,
-               quiet: bool) -> None:
+def target_cmd(name: str, bundle: Path, out: Path, draft_tokens: int, hardware: Optional[str],
+               precision: Optional[str], force: bool, quiet: bool) -> None:
     """Make a deployment bundle for NAME (android or jetson) from BUNDLE: ORT-format and
     fixed-shape graphs, the operators for a reduced onnxruntime build and a usability
     report (android); provider options, a launcher and a systemd unit (jetson); and a
@@ -117,7 +120,7 @@ def target_cmd(name: str, bundle: Path, out: Path, draft_tokens: int, hardware: 
         bar = Progress(enabled=not quiet)
         try:
             m = build_target(name, bundle, out, draft_tokens=draft_tokens, hardware=hardware, force=force,
-                             progress=bar)
+                             progress=bar, precision=precision)
         finally:
             bar.close()
         added = sum(1 for rel in m.files if rel.startswith("target/"))

@@ -23,9 +23,14 @@ from .hardware import DEFAULT_FOR_TARGET, HARDWARE
 from .work import Progress, TargetBuild
 
 
+PRECISIONS = ("fp16", "fp32")
+
+
 def build_target(name: str, bundle: Path, out: Path, *, draft_tokens: int = 4, hardware: Optional[str] = None,
-                 force: bool = False, progress: Optional[Progress] = None) -> Manifest:
-    """Build the ``name`` deployment bundle of ``bundle`` at ``out``; returns its manifest."""
+                 force: bool = False, progress: Optional[Progress] = None,
+                 precision: Optional[str] = None) -> Manifest:
+    """Build the ``name`` deployment bundle of ``bundle`` at ``out``; returns its manifest.
+    ``precision``: of the session graphs, jetson only (fp16, the default, or fp32)."""
     from ..export.install import check_target, install, make_temp_dir, open_modes, remove_stale_partials
     from ..export.interrupt import DeferredInterrupt
 
@@ -33,6 +38,9 @@ def build_target(name: str, bundle: Path, out: Path, *, draft_tokens: int = 4, h
         raise ConfigError(f"unknown target '{name}'; use one of {', '.join(TARGETS)}")
     if draft_tokens < 1:
         raise ConfigError(f"--draft-tokens {draft_tokens} must be at least 1 (the verify window is K + 1 tokens)")
+    if precision is not None and (precision not in PRECISIONS or name != "jetson"):
+        raise ConfigError(f"--precision {precision}: only jetson bundles take it, as fp16 or fp32; "
+                          "android bundles keep the base bundle's fp32 graphs")
     spec = DEFAULT_FOR_TARGET[name] if hardware is None else HARDWARE.get(hardware)
     if spec is None:
         raise ConfigError(f"unknown hardware '{hardware}'; use one of {', '.join(HARDWARE)}")
@@ -48,7 +56,8 @@ def build_target(name: str, bundle: Path, out: Path, *, draft_tokens: int = 4, h
     with DeferredInterrupt() as interrupt:
         tmp = make_temp_dir(out)
         try:
-            build = TargetBuild(bundle, manifest, tmp, draft_tokens, spec, progress, interrupt.check)
+            build = TargetBuild(bundle, manifest, tmp, draft_tokens, spec, progress, interrupt.check,
+                                precision or "fp16")
             _copy_base(build)
             target = (android if name == "android" else jetson).add(build)
             result = _finish(build, target)

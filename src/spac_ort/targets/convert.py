@@ -7,7 +7,9 @@
   nodes with fixed shapes);
 - `operators_config`: the required-operators file for a reduced ORT build
   (``build.sh --include_ops_by_config``);
-- `usability`: ORT's mobile usability report (how NNAPI and CoreML would partition it).
+- `usability`: ORT's mobile usability report (how NNAPI and CoreML would partition it);
+- `to_fp16`: a copy with fp16 weights and arithmetic and fp32 inputs and outputs (what
+  the CUDA provider's fused attention needs, at half the bytes per pass).
 """
 
 from __future__ import annotations
@@ -71,6 +73,23 @@ def fixed_tokens(src: Path, dst: Path, tokens: int) -> None:
             make_dim_param_fixed(model.graph, name, tokens)
         onnx.save(model, str(own))
         to_ort(own, dst)
+
+
+def to_fp16(src: Path, dst: Path) -> None:
+    """``src`` with its float tensors in fp16, its inputs and outputs kept fp32 (casts at
+    the edges, so the runtime and its fp32 KV caches are unchanged), written to ``dst``
+    with its weights in ``dst``.data. TopK and the other operators ONNX Runtime's converter
+    blocks stay fp32."""
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    with _own_copy(src) as own:
+        model = onnx.load(str(own))
+        half = convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=True)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    data = dst.with_name(dst.name + ".data")
+    data.unlink(missing_ok=True)
+    onnx.save(half, str(dst), save_as_external_data=True, all_tensors_to_one_file=True, location=data.name,
+              size_threshold=0)
 
 
 def operators_config(models: Sequence[Path], dst: Path) -> None:

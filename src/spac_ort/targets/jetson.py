@@ -1,5 +1,7 @@
 """The Jetson deployment bundle (``spac-export target jetson``). Under ``target/``:
 
+    fp16/...              every session graph but the greedy head in fp16 (inputs and outputs fp32):
+                          the runtime opens these (``--precision fp16``, the default)
     providers.json        CUDA and TensorRT provider options (TensorRT engine cache, fp16) for
                           applications that open the bundle's graphs themselves
     device-profile.json   the balancer's cost model on an Orin-class board (estimated)
@@ -7,7 +9,8 @@
     spac-ort.service      a systemd unit serving the bundle with spac-serve
     README.md             budgets under unified memory, and how to install the above
 
-The graphs stay the bundle's fp32 ONNX graphs (the CUDA provider runs them as they are).
+The greedy head (``final_greedy.onnx``) stays fp32: it screens with 8-bit logits and decides
+with exact fp32 ones. With ``--precision fp32`` every graph stays the bundle's own.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import json
 
 from ..target_spec import TargetSpec
+from .convert import to_fp16
 from .work import TargetBuild
 from .readme import jetson_readme, launcher, systemd_unit
 
@@ -33,13 +37,30 @@ def provider_options() -> dict:
         ["CPUExecutionProvider", {}]]}
 
 
+KEEP_FP32 = ("final_greedy.onnx",)          # exact fp32 logits decide its argmax
+
+
 def add(build: TargetBuild) -> TargetSpec:
+    mapping = _fp16_graphs(build) if build.precision == "fp16" else {}
     build.step("jetson files", 0, 1)
     build.write_text("target/providers.json", json.dumps(provider_options(), indent=1) + "\n")
     profile = "target/device-profile.json"
     build.write_text(profile, build.profile_json())
     build.write_text("target/spac-run.sh", launcher(build.hardware), mode=0o755)
     build.write_text("target/spac-ort.service", systemd_unit())
-    build.write_text("target/README.md", jetson_readme(build.manifest, build.hardware))
+    build.write_text("target/README.md", jetson_readme(build.manifest, build.hardware, bool(mapping)))
     build.step("jetson files", 1, 1)
-    return TargetSpec("jetson", {}, (), PROVIDERS, profile)
+    return TargetSpec("jetson", mapping, (), PROVIDERS, profile)
+
+
+def _fp16_graphs(build: TargetBuild) -> dict[str, str]:
+    graphs = [rel for rel in build.session_graphs() if rel not in KEEP_FP32]
+    mapping = {}
+    for i, rel in enumerate(graphs):
+        build.step("fp16 graphs", i, len(graphs))
+        out = f"target/fp16/{rel}"
+        to_fp16(build.base / rel, build.path(out))
+        mapping[rel] = out
+        build.added += [out, out + ".data"]
+    build.step("fp16 graphs", len(graphs), len(graphs))
+    return mapping

@@ -66,7 +66,7 @@ loop, the expert placement and the speculative decoding.
 """
 
 
-def jetson_readme(m: Manifest, hw: HardwareSpec) -> str:
+def jetson_readme(m: Manifest, hw: HardwareSpec, fp16: bool) -> str:
     return f"""# Jetson deployment bundle
 
 Model: {_model_line(m)}.
@@ -94,8 +94,18 @@ allocations; the rest sit in host memory in the same DRAM, so a copy into a slot
 data within it. Choose `--fast-budget` so that it, the host experts and the KV cache fit
 beside the system's own use. `--ram-budget` leaves the rest on NVMe, read on demand.
 
-The graphs are the bundle's fp32 ONNX graphs; fp16 variants are not built yet.
+## Precision
+
+{_precision_note(fp16)}
 """
+
+
+def _precision_note(fp16: bool) -> str:
+    if fp16:
+        return ("The runtime opens the fp16 graphs under `target/fp16/` (weights and arithmetic in fp16,\n"
+                "inputs and outputs fp32; the greedy head stays fp32). Their tokens can depart from the\n"
+                "fp32 bundle's after a while. The fp32 graphs are still here for a comparison.")
+    return "The graphs are the bundle's fp32 ONNX graphs (built with `--precision fp32`)."
 
 
 def launcher(hw: HardwareSpec) -> str:

@@ -27,6 +27,7 @@ class TargetBuild:
     hardware: HardwareSpec
     progress: Optional[Progress]
     check: Callable[[], None]
+    precision: str = "fp16"           # jetson: the session graphs' precision (fp16 or fp32)
     added: list[str] = dataclasses.field(default_factory=list)
 
     def path(self, rel: str) -> Path:
