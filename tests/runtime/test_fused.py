@@ -80,3 +80,45 @@ def test_moe_operator_backend_under_portable_graphs(tmp_path):
     moe = Generator.from_bundle(bundle, experts="moe")
     assert list(moe.generate(ids, max_new_tokens=24)) == grouped
     assert moe.experts.calls() > 0
+
+
+def test_device_sessions_bind_their_inputs_before_every_call(demo_bundle, monkeypatch):
+    """A session on a device copies host inputs when they are bound: the fused backbone and
+    draft bind again before each call there. Exercised on the CPU by treating every
+    session as one on a device: the tokens must not change, and rebinding must happen."""
+    import spac_ort.runtime.fused as fused
+    import spac_ort.runtime.fused_draft as fused_draft
+    import spac_ort.runtime.sessions as sessions
+    from spac_ort.runtime import Generator
+
+    def generate():
+        with Generator.from_bundle(demo_bundle) as gen:
+            return list(gen.generate("def add(a, b):", max_new_tokens=24, stop_at_eos=False, draft_tokens=3))
+
+    plain = generate()
+    calls = []
+    wrapped = sessions.bound_again
+
+    def counting(call, binding, inputs, kv=None):
+        again = wrapped(call, binding, inputs, kv)
+        return lambda: (calls.append(kv is not None), again())[1]
+
+    monkeypatch.setattr(fused, "off_host", lambda session: True)
+    monkeypatch.setattr(fused_draft, "off_host", lambda session: True)
+    monkeypatch.setattr(fused, "bound_again", counting)
+    assert generate() == plain
+    assert calls and any(calls)                      # layer calls bind their KV cache again too
+
+
+def test_sessions_off_the_host_are_told_apart():
+    from spac_ort.runtime.sessions import off_host
+
+    class Session:
+        def __init__(self, providers):
+            self.providers = providers
+
+        def get_providers(self):
+            return self.providers
+
+    assert off_host(Session(["CUDAExecutionProvider", "CPUExecutionProvider"]))
+    assert not off_host(Session(["CPUExecutionProvider"]))

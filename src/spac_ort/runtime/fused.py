@@ -30,7 +30,7 @@ from .experts import ExpertBackend, MoEExperts
 from .rope import rope_tables
 from .routing import group_by_expert
 from .sampling import check_finite
-from .sessions import CPU, Piece, ort
+from .sessions import CPU, Piece, bound_again, off_host, ort
 
 CACHED_PLANS = 16       # windows up to this length keep their bindings
 _BUFFER_SETS = itertools.count(1)
@@ -263,6 +263,9 @@ class FusedBackbone(BackboneState):
         plan.values.extend(inputs.values())
         run, raw = session._sess.run_with_iobinding, b._iobinding
         call = lambda: run(raw, None)        # noqa: E731  (the binding's C++ call, without the wrapper)
+        if off_host(session):
+            kv = (lambda: plan.cache.bind(b, kv_layer, _KV_NAMES)) if kv_layer is not None else None
+            call = bound_again(call, b, inputs, kv)
         plan.values.append(b)
         if step:
             plan.steps.append((name, call))

@@ -14,7 +14,7 @@ from ..manifest import DraftSpec
 from .draft import DraftShape
 from .fused import CACHED_PLANS, FusedKV, SharedInputs, ortvalue
 from .sampling import check_finite
-from .sessions import CPU, Piece
+from .sessions import CPU, Piece, off_host
 
 _MAX_TABLE = 1 << 17       # rotary table rows (positions) at most
 _KV = (naming.PAST_KEY, naming.PAST_VALUE, naming.PRESENT_KEY, naming.PRESENT_VALUE)
@@ -78,9 +78,11 @@ class _Plan:
         b.bind_ortvalue_output(naming.LOGITS, self.values[1])
         self._layers = draft.shape.num_layers
         self.rebind(cache)
-        for name, value in draft.shared_inputs.values.items():
+        self._shared = list(draft.shared_inputs.values.items())
+        for name, value in self._shared:
             b.bind_ortvalue_input(name, value)
         self._run, self._raw = session._sess.run_with_iobinding, b._iobinding
+        self._again = off_host(session)       # a device session copies inputs when they are bound
 
     def rebind(self, cache: FusedKV) -> None:
         """Bind ``cache``'s buffers as every layer's past and present key/value."""
@@ -89,4 +91,9 @@ class _Plan:
         self.cache = cache
 
     def run(self) -> None:
+        if self._again:
+            self.binding.bind_ortvalue_input(naming.INPUT_IDS, self.values[0])
+            for name, value in self._shared:
+                self.binding.bind_ortvalue_input(name, value)
+            self.rebind(self.cache)
         self._run(self._raw, None)

@@ -6,7 +6,7 @@ import contextlib
 import contextvars
 import os
 from pathlib import Path
-from typing import Iterator, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -118,3 +118,26 @@ class Piece:
             b.bind_output(name)
         self.session.run_with_iobinding(b)
         return b.copy_outputs_to_cpu()
+
+
+def off_host(session) -> bool:  # type: ignore[no-untyped-def]
+    """Whether ``session`` runs its nodes on a device other than the host (CUDA, ...).
+    ONNX Runtime copies a host OrtValue bound as such a session's input to the device when
+    it is bound, not when the session runs: a reused binding would feed the values of bind
+    time. Those sessions bind their inputs again before every call (`bound_again`)."""
+    return session.get_providers()[0] != CPU
+
+
+def bound_again(call: Callable[[], None], binding, inputs: dict,  # type: ignore[no-untyped-def]
+                kv: Optional[Callable[[], None]] = None) -> Callable[[], None]:
+    """``call`` preceded by binding ``inputs`` (name -> OrtValue) again, and by ``kv`` (which
+    binds a KV cache again), for a session that `off_host`."""
+    pairs = list(inputs.items())
+
+    def again() -> None:
+        for name, value in pairs:
+            binding.bind_ortvalue_input(name, value)
+        if kv is not None:
+            kv()
+        call()
+    return again
