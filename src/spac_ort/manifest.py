@@ -95,7 +95,6 @@ class PieceIO:
 @dataclass(frozen=True)
 class ExpertTable:
     """All experts share one graph signature; paths come from one template.
-
     ``graph_sha256[layer][expert]`` / ``data_sha256[layer][expert]``; dense layers hold
     empty rows. Every expert graph has the same size, and so does its weight file.
     """
@@ -105,6 +104,7 @@ class ExpertTable:
     data_size: int
     graph_sha256: tuple[tuple[str, ...], ...]
     data_sha256: tuple[tuple[str, ...], ...]
+    precision: str = "fp32"                  # or int8 / int4 (spac-export --expert-quant)
 
 
 @dataclass(frozen=True)
@@ -161,9 +161,8 @@ class Manifest:
         return naming.expert_path(layer, expert, self.experts.template)
 
     def expert_bytes(self) -> int:
-        """Weight bytes of one expert (w_gate, w_up [H, I], w_down [I, H], float32): the
-        unit of every budget. The weight file is a little larger (aligned tensors)."""
-        return 3 * self.dims.hidden_size * self.dims.expert_intermediate * 4
+        """Weight bytes of one expert as stored (`experts.precision`): the unit of every budget."""
+        return checks.expert_nbytes(self.dims.hidden_size, self.dims.expert_intermediate, self.experts.precision)
 
     def iter_files(self) -> Iterator[tuple[str, FileEntry]]:
         """Every file of the bundle with its expected size and sha256."""
@@ -277,7 +276,8 @@ def _files(r: Reader) -> dict[str, FileEntry]:
 
 def _experts(er: Reader, dims: ModelDims, kinds: tuple[LayerKind, ...]) -> ExpertTable:
     experts = ExpertTable(er.get("template", str), er.get("graph_size", int), er.get("data_size", int),
-                          checks.sha_table(er, "graph_sha256"), checks.sha_table(er, "data_sha256"))
+                          checks.sha_table(er, "graph_sha256"), checks.sha_table(er, "data_sha256"),
+                          checks.expert_precision(er))
     checks.check_template(er, experts.template, dims.num_layers, dims.num_experts)
     for key in ("graph_size", "data_size"):
         if getattr(experts, key) < 1:

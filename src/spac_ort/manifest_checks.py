@@ -115,3 +115,23 @@ def required_graphs(layer_kinds: Iterable[Any], shared_expert: bool,
         else:
             out.append(naming.layer_piece(naming.PieceKind.DENSE_MLP, layer))
     return out
+
+
+EXPERT_BITS = {"fp32": None, "int8": 8, "int4": 4}     # how a bundle stores its experts
+
+
+def expert_precision(er: Reader) -> str:
+    """``experts.precision``: fp32 (the default; absent in older bundles), int8 or int4."""
+    value = er.get("precision", str, optional=True) or "fp32"
+    if value not in EXPERT_BITS:
+        raise er.fail("precision", f"is '{value}'; experts are stored as {', '.join(EXPERT_BITS)}")
+    return value
+
+
+def expert_nbytes(hidden: int, inter: int, precision: str) -> int:
+    """Bytes of one expert's weights as stored: fp32 gate, up and down, or the packed
+    integers of gate/up [2I, H] and down [H, I] with one fp32 scale per row (`runtime.tiers.quant`)."""
+    bits = EXPERT_BITS[precision]
+    if bits is None:
+        return 3 * hidden * inter * 4
+    return (3 * hidden * inter * bits) // 8 + (2 * inter + hidden) * 4

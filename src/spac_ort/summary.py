@@ -59,7 +59,7 @@ def summarize(bundle: Path, m: Manifest) -> str:
     if d.shared_expert_intermediate:
         lines.append(f"shared      one gated shared expert per MoE layer, intermediate {d.shared_expert_intermediate}")
     lines += [
-        f"expert size {_size(m.experts.data_size)} each, {n_experts} in all = {_size(expert_bytes)}",
+        f"expert size {_size(m.experts.data_size)} each ({m.experts.precision}), {n_experts} in all = {_size(expert_bytes)}",
         f"other files {_size(other)} (embed, {'layers, final' if m.graphs.value == 'fused' else 'attention, routers, head'}"
         ", tokenizer)",
         f"vocab       {d.vocab_size}, eos {list(m.eos_token_ids)}, tokenizer {m.tokenizer or 'none'}",

@@ -15,9 +15,12 @@ import torch
 from .. import naming
 from ..errors import CheckpointError, ParityError
 from ..manifest import ExpertTable, FileEntry, LayerKind, PieceIO
+from ..manifest_checks import EXPERT_BITS
 from ..naming import Graphs, PieceKind
 from ..runtime.sessions import Piece
-from . import fused, fused_check, fused_head, onnx_io
+from ..runtime.tiers.pools import interleaved
+from ..runtime.tiers.quant import ExpertLayout
+from . import fused, fused_check, fused_head, onnx_io, quant_expert
 from .adapters.base import Adapter
 from .modules import Attention, Embed, Head, Router, SwiGLU
 from .weights import AttentionWeights
@@ -53,6 +56,7 @@ class PieceWriter:
     check_interrupt: Callable[[], None] = lambda: None
     seed: int = 0
     head_quant: str = "none"
+    expert_quant: str = "none"       # "int8" / "int4": experts stored as integers (`quant_expert`)
     files: dict[str, FileEntry] = field(default_factory=dict)
     max_error: float = 0.0
     _templates: dict[PieceKind, onnx_io.Template] = field(default_factory=dict)
@@ -83,6 +87,27 @@ class PieceWriter:
         self.files[rel] = written.graph
         self.files[naming.data_path(rel)] = written.data
         self.check(kind, module, rel)
+
+    def write_quantized_expert(self, module: torch.nn.Module, rel: str) -> None:
+        """An expert as 8- or 4-bit integers (`quant_expert`), checked against numpy on what
+        it stores."""
+        self.check_interrupt()
+        self.check_weights(module, rel)
+        d, bits = self.adapter.spec.dims, EXPERT_BITS[self.expert_quant]
+        template = self._templates.get(PieceKind.EXPERT)
+        if template is None:
+            template = self._templates[PieceKind.EXPERT] = quant_expert.template(d.hidden_size,
+                                                                                 d.expert_intermediate, bits)
+        layout = ExpertLayout(d.hidden_size, d.expert_intermediate, bits)
+        w = onnx_io.module_weights(module, ("w_gate", "w_up", "w_down"))
+        arrays = layout.encode(*interleaved(w["w_gate"], w["w_up"], w["w_down"]))
+        written = onnx_io.write(template, dict(zip(layout.names, arrays)), self.root / rel, rel)
+        self.files[rel] = written.graph
+        self.files[naming.data_path(rel)] = written.data
+        (x,) = self._inputs(PieceKind.EXPERT)
+        got = Piece(self.root / rel)(x.numpy())[0]
+        want = quant_expert.reference(x.numpy(), arrays, bits)
+        self._record(rel, float(np.abs(want - got).max()) / max(1.0, float(np.abs(want).max())), None, track=False)
 
     def check_weights(self, module: torch.nn.Module, rel: str) -> None:
         """Non-finite weights fail parity as if the export were wrong: name the corrupt tensor."""
@@ -216,7 +241,10 @@ class PieceWriter:
             g_row, d_row = [], []
             for e in range(d.num_experts):
                 rel = naming.expert_path(layer, e, template)
-                self.write(PieceKind.EXPERT, SwiGLU(a.expert(layer, e)), rel)
+                if self.expert_quant == "none":
+                    self.write(PieceKind.EXPERT, SwiGLU(a.expert(layer, e)), rel)
+                else:
+                    self.write_quantized_expert(SwiGLU(a.expert(layer, e)), rel)
                 g, w = self.files.pop(rel), self.files.pop(naming.data_path(rel))
                 g_row.append(g.sha256)
                 d_row.append(w.sha256)
@@ -229,7 +257,8 @@ class PieceWriter:
         assert len(sizes) <= 1, f"expert files differ in size: {sizes}"
         g_size, d_size = sizes.pop() if sizes else (0, 0)
         io = {k.value: PieceIO(*naming.IO_NAMES[k]) for k in naming.VARIANT_KINDS[graphs]}
-        return io, ExpertTable(template, g_size, d_size, tuple(graph_sha), tuple(data_sha))
+        precision = "fp32" if self.expert_quant == "none" else self.expert_quant
+        return io, ExpertTable(template, g_size, d_size, tuple(graph_sha), tuple(data_sha), precision)
 
     def _write_fused_layer(self, layer: int, kind: LayerKind) -> None:
         a, spec = self.adapter, self.adapter.spec

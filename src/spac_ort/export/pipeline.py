@@ -51,6 +51,7 @@ class ExportOptions:
     graphs: str = "auto"      # "fused", "portable", or "auto": fused where the family has them
     head_quant: str = "none"  # "int8": lm_head as 8-bit MatMulNBits (fused graphs only)
     draft_head_quant: str = "int8"   # the fused draft's lm_head (the draft never changes the output)
+    expert_quant: str = "none"       # "int8" / "int4": experts stored as integers (no whole-model parity check)
 
 
 @dataclass(frozen=True)
@@ -108,6 +109,8 @@ def export_bundle(opts: ExportOptions, progress: Optional[Progress] = None) -> E
     for value in (opts.head_quant, opts.draft_head_quant):
         if value not in fused_head.HEAD_QUANT:
             raise ConfigError(f"unknown head quantization '{value}'; use one of {', '.join(fused_head.HEAD_QUANT)}")
+    if opts.expert_quant not in ("none", "int8", "int4"):
+        raise ConfigError(f"unknown expert quantization '{opts.expert_quant}'; use none, int8 or int4")
     graphs = graph_variant(opts.graphs, adapter)
     if graphs is not Graphs.FUSED and opts.head_quant != "none":
         raise ConfigError("an 8-bit head needs fused graphs (MatMulNBits is an ONNX Runtime operator); "
@@ -125,7 +128,8 @@ def _export(opts: ExportOptions, adapter, graphs: Graphs, model_dir: Path, out: 
     spec = adapter.spec
     tmp = make_temp_dir(out)
     try:
-        writer = PieceWriter(tmp, adapter, progress, interrupt.check, head_quant=opts.head_quant)
+        writer = PieceWriter(tmp, adapter, progress, interrupt.check, head_quant=opts.head_quant,
+                             expert_quant=opts.expert_quant)
         io, experts = writer.write_all(graphs)
         tokenizer, template, tokenizer_files = copy_tokenizer(model_dir, tmp)
         writer.files.update(tokenizer_files)
@@ -149,7 +153,7 @@ def _export(opts: ExportOptions, adapter, graphs: Graphs, model_dir: Path, out: 
         (tmp / naming.MANIFEST).write_text(manifest.to_json(), encoding="utf-8")
         model_error = 0.0
         interrupt.check()
-        if opts.check_model:
+        if opts.check_model and opts.expert_quant == "none":     # integers change the logits
             if progress:
                 progress("model parity", 0, 1)
             model_error = check_model(tmp, model_dir, adapter, tolerance=fused_check.INT8_RTOL

@@ -59,18 +59,20 @@ def calibrate(bundle: Path, fast_providers: Sequence[str] = (CPU,), repeats: int
     m = load_manifest(bundle)
     d = m.dims
     store = ExpertStore(bundle, m)
-    weights = interleaved(*store.get(m.moe_layers()[0], 0))
+    bits = store.bits                           # a bundle of integer experts: its stacks' precision
+    weights = store.get(m.moe_layers()[0], 0)
+    weights = weights if bits is not None else interleaved(*weights)
     copier = PinnedCopier.create() if fast_providers[0] != CPU else None     # as the tiered engine copies
     if copier is not None:
         weights = tuple(_pinned_copy(copier, w) for w in weights)
     n = min(_CAL_EXPERTS, d.num_experts)
     nbytes = sum(w.nbytes for w in weights)
     pool = min(d.num_experts, max(n, -(-_COLD_BYTES // nbytes)))
-    fast = SlotPool(pool, d.hidden_size, d.expert_intermediate, fast_providers, copier=copier)
-    host = ExpertStack(pool, d.hidden_size, d.expert_intermediate)
+    fast = SlotPool(pool, d.hidden_size, d.expert_intermediate, fast_providers, copier=copier, bits=bits)
+    host = ExpertStack(pool, d.hidden_size, d.expert_intermediate, bits=bits)
     for i in range(pool):                       # copies of one expert: each entry is its own memory
         fast.load(i, weights)
-        host.write(i, *weights)
+        host.write_raw(i, weights)
     rng = np.random.default_rng(0)
     fast_t, slow_t = [], []
     for t in tokens:

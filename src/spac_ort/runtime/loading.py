@@ -10,7 +10,7 @@ from typing import Callable, Optional, Sequence, Union
 
 from ..budget import parse_budget
 from ..bundle_files import check_present, verify_files
-from ..errors import BundleError
+from ..errors import BundleError, ConfigError
 from ..manifest import Manifest, load_manifest
 from ..naming import Graphs
 from .backbone import Backbone
@@ -46,6 +46,8 @@ def load(path: Union[str, Path], *, verify: bool, draft: Optional[Union[str, Pat
     else:
         check_present(bundle, manifest)
     policy = None
+    if tiers is None and manifest.experts.precision != "fp32":
+        tiers = _integer_experts(manifest, experts)
     if tiers is None:
         backend: ExpertBackend = resident_backend(
             experts, bundle, manifest, providers, (lambda i, n: progress("load experts", i, n)) if progress else None)
@@ -61,6 +63,15 @@ def load(path: Union[str, Path], *, verify: bool, draft: Optional[Union[str, Pat
         backend.close()
         raise
     return Parts(bundle, manifest, backbone, tok, draft_model, policy)
+
+
+def _integer_experts(manifest: Manifest, experts: str) -> TierConfig:
+    """Experts stored as integers run in one QMoE call per layer over a host stack: the
+    tiered engine with every expert in its CPU lane (policy ``cpu``)."""
+    if experts not in ("auto", "moe"):
+        raise ConfigError(f"the bundle stores its experts as {manifest.experts.precision}, which run on the MoE "
+                          f"backend only; drop --experts {experts}")
+    return TierConfig(policy="cpu", fast_budget=0)
 
 
 def _budget(value: Union[str, int, None], total: int, what: str) -> Optional[int]:

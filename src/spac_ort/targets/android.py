@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..runtime.graphs import moe_graph, swiglu_graph
+from ..manifest_checks import EXPERT_BITS
+from ..runtime.graphs import moe_graph, qmoe_graph, swiglu_graph
 from ..target_spec import TargetSpec
 from .work import TargetBuild
 from .convert import fixed_tokens, operators_config, to_ort, to_ort_bytes, usability
@@ -57,9 +58,10 @@ def add(build: TargetBuild) -> TargetSpec:
 def _runtime_graphs(build: TargetBuild) -> list[str]:
     """The graphs the runtime makes in memory, as files a device build loads."""
     d, m = build.manifest.dims, build.manifest
-    graphs = {"moe_layer": moe_graph(d.hidden_size, d.expert_intermediate, d.num_experts, d.top_k,
-                                     m.routing.norm_topk_prob),
-              "expert": swiglu_graph(d.hidden_size, d.expert_intermediate)}
+    bits = EXPERT_BITS[m.experts.precision]
+    moe = (moe_graph(d.hidden_size, d.expert_intermediate, d.num_experts, d.top_k, m.routing.norm_topk_prob)
+           if bits is None else qmoe_graph(d.hidden_size, d.expert_intermediate, d.num_experts, d.top_k, bits))
+    graphs = {"moe_layer": moe, "expert": swiglu_graph(d.hidden_size, d.expert_intermediate)}
     out = []
     for name, model in graphs.items():
         rel = f"target/runtime/{name}.ort"

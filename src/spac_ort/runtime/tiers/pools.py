@@ -180,18 +180,18 @@ class SlotPool(ExpertStack):
 
 class HostStacks:
     """Every expert of the bundle in host memory at the tiers' precision, one stack per MoE
-    layer, filled when made through ``read(layer, expert) -> (w_gate, w_up, w_down)`` (as
+    layer, filled when made through ``entry(layer, expert)`` (its arrays at that precision; as
     the all-resident backend does: filling on first use put a read and a transposing copy
     of 19 MB, tens of milliseconds, inside decoding steps)."""
 
-    def __init__(self, layers: Sequence[int], num_experts: int, hidden: int, inter: int, read,
+    def __init__(self, layers: Sequence[int], num_experts: int, hidden: int, inter: int, entry,
                  copier: Optional[PinnedCopier] = None, bits: Optional[int] = None):
         sessions: dict = {}
         self.stacks = {layer: ExpertStack(num_experts, hidden, inter, sessions=sessions, copier=copier, bits=bits)
                        for layer in layers}
         for layer, stack in self.stacks.items():
             for e in range(num_experts):
-                stack.write(e, *interleaved(*read(layer, e)))
+                stack.write_raw(e, entry(layer, e))
 
     def get(self, layer: int, expert: int) -> tuple[np.ndarray, ...]:
         """The expert's entry (views into the stack), ready for a slot of the same precision."""

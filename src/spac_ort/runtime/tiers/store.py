@@ -19,7 +19,9 @@ import onnx
 from ... import naming
 from ...errors import BudgetError, BundleError
 from ...manifest import Manifest
+from ...manifest_checks import EXPERT_BITS
 from ..routing import Key
+from .quant import ExpertLayout
 
 WEIGHTS = ("w_gate", "w_up", "w_down")
 
@@ -30,10 +32,13 @@ class TensorSlice:
     shape: tuple[int, ...]
     offset: int
     length: int
+    dtype: type = np.float32
 
 
-def expert_layout(graph: Path, data_size: int) -> tuple[TensorSlice, ...]:
-    """Names, shapes and byte ranges of an expert's weights in its external-data file."""
+def expert_layout(graph: Path, data_size: int, names: tuple[str, ...] = WEIGHTS,
+                  dtypes: Optional[tuple[type, ...]] = None) -> tuple[TensorSlice, ...]:
+    """Names, shapes and byte ranges of an expert's weights in its external-data file:
+    ``names`` (fp32 w_gate, w_up, w_down; or the arrays of a quantized layout, of ``dtypes``)."""
     try:
         model = onnx.load(str(graph), load_external_data=False)
     except Exception as exc:  # protobuf DecodeError, OSError, onnx's own errors
@@ -44,17 +49,17 @@ def expert_layout(graph: Path, data_size: int) -> tuple[TensorSlice, ...]:
         if init.data_location == onnx.TensorProto.EXTERNAL:
             info = {e.key: e.value for e in init.external_data}
             try:
-                slices[init.name] = TensorSlice(init.name, tuple(init.dims), int(info.get("offset", 0)),
-                                                int(info["length"]))
+                slices[init.name] = (tuple(init.dims), int(info.get("offset", 0)), int(info["length"]))
             except (KeyError, ValueError):
                 raise BundleError(f"expert graph {graph} has no valid offset/length for {init.name}; the graph is "
                                   "corrupt, re-export the bundle") from None
-    missing = [w for w in WEIGHTS if w not in slices]
+    missing = [w for w in names if w not in slices]
     if missing:
         raise BundleError(f"expert graph {graph} lacks external weights {missing}; re-export the bundle")
-    out = tuple(slices[w] for w in WEIGHTS)
+    out = tuple(TensorSlice(w, *slices[w], dt) for w, dt in zip(names, dtypes or (np.float32,) * len(names)))
     for s in out:
-        if s.offset < 0 or s.offset + s.length > data_size or s.length != 4 * int(np.prod(s.shape, dtype=np.int64)):
+        size = np.dtype(s.dtype).itemsize * int(np.prod(s.shape, dtype=np.int64))
+        if s.offset < 0 or s.offset + s.length > data_size or s.length != size:
             raise BundleError(f"expert graph {graph} places weight {s.name} {list(s.shape)} at bytes "
                               f"{s.offset}..{s.offset + s.length} of a {data_size}-byte file; the graph is corrupt, "
                               "re-export the bundle")
@@ -69,7 +74,8 @@ class StoreCounters:
 
 
 class ExpertStore:
-    """get(layer, expert) -> (w_gate [H, I], w_up [H, I], w_down [I, H]) float32 arrays.
+    """get(layer, expert) -> (w_gate [H, I], w_up [H, I], w_down [I, H]) float32 arrays; for
+    a bundle of quantized experts, the arrays of its `quant.ExpertLayout` (``bits``).
 
     ``ram_budget`` None keeps every expert it has read; otherwise the least recently used
     are dropped beyond the budget and read again from storage when needed.
@@ -78,10 +84,14 @@ class ExpertStore:
     def __init__(self, bundle: Path, manifest: Manifest, ram_budget: Optional[int] = None):
         self.bundle, self.m = bundle, manifest
         first = manifest.moe_layers()[0]
-        self.layout = expert_layout(bundle / manifest.expert_graph(first, 0), manifest.experts.data_size)
-        self.expert_bytes = sum(s.length for s in self.layout)
         d = manifest.dims
-        want = ((d.hidden_size, d.expert_intermediate),) * 2 + ((d.expert_intermediate, d.hidden_size),)
+        self.bits = EXPERT_BITS[manifest.experts.precision]
+        stored = ExpertLayout(d.hidden_size, d.expert_intermediate, self.bits)
+        names, dtypes = (WEIGHTS, None) if self.bits is None else (stored.names, tuple(dt for _, dt in stored.shapes))
+        self.layout = expert_layout(bundle / manifest.expert_graph(first, 0), manifest.experts.data_size, names, dtypes)
+        self.expert_bytes = sum(s.length for s in self.layout)
+        want = (((d.hidden_size, d.expert_intermediate),) * 2 + ((d.expert_intermediate, d.hidden_size),)
+                if self.bits is None else tuple(sh for sh, _ in stored.shapes))
         if tuple(s.shape for s in self.layout) != want:
             raise BundleError(f"expert weights have shapes {[list(s.shape) for s in self.layout]}, the manifest's "
                               f"dims say {[list(w) for w in want]}; the bundle is inconsistent, re-export it")
@@ -104,8 +114,8 @@ class ExpertStore:
         if len(raw) != self.m.experts.data_size:
             raise BundleError(f"bundle file {path} has {len(raw)} bytes, the manifest says "
                               f"{self.m.experts.data_size}; the file changed, re-export the bundle")
-        return tuple(np.frombuffer(raw, dtype=np.float32, count=s.length // 4, offset=s.offset).reshape(s.shape)
-                     for s in self.layout)
+        return tuple(np.frombuffer(raw, dtype=s.dtype, count=s.length // np.dtype(s.dtype).itemsize,
+                                   offset=s.offset).reshape(s.shape) for s in self.layout)
 
     def read(self, layer: int, expert: int) -> tuple[np.ndarray, ...]:
         """The expert's weights from storage, not kept (for a caller that keeps its own copy)."""

@@ -56,12 +56,13 @@ class TieredExperts:
                  link_bytes_per_s: Optional[float] = None, expert_bits: Optional[int] = None):
         self.manifest, self.policy = manifest, policy
         d = manifest.dims
+        self.store = ExpertStore(bundle, manifest, ram_budget)
+        expert_bits = _bits(self.store.bits, expert_bits, manifest)
         if expert_bits is not None and ram_budget is not None:
             raise ConfigError("quantized experts live in RAM, all of them; drop --ram-budget or --expert-quant")
         self.layout = ExpertLayout(d.hidden_size, d.expert_intermediate, expert_bits)   # both tiers' precision
         self.counters = TierCounters()
         self.link_bytes_per_s = link_bytes_per_s       # emulated link rate: a copy takes at least bytes / rate
-        self.store = ExpertStore(bundle, manifest, ram_budget)
         self.expert_bytes = self.layout.nbytes        # an expert in a slot or a copy
         total = len(manifest.moe_layers()) * d.num_experts
         self.num_slots = total if fast_budget is None else min(total, fast_budget // self.expert_bytes)
@@ -77,7 +78,7 @@ class TieredExperts:
         # every expert in RAM: one MoE call per layer over its host stack; under a RAM
         # budget the store's LRU holds them and the slow lane runs them one by one
         self.stacks = (HostStacks(manifest.moe_layers(), d.num_experts, d.hidden_size, d.expert_intermediate,
-                                  self.store.read, copier, expert_bits) if ram_budget is None else None)
+                                  self._entry, copier, expert_bits) if ram_budget is None else None)
         self.host = HostPool(d.hidden_size, d.expert_intermediate) if ram_budget is not None else None
         self.executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="spac-tier")
         self.plan = StepPlan(self.view.moe_layers)
@@ -107,14 +108,19 @@ class TieredExperts:
 
     # ---- residency mechanism -------------------------------------------------------------
     def _load(self, slot: int, key: Key) -> None:
-        weights = (self.stacks.get(*key) if self.stacks is not None
-                   else self.layout.encode(*interleaved(*self.store.get(*key))))
+        weights = self.stacks.get(*key) if self.stacks is not None else self._entry(*key, keep=True)
         t0 = time.perf_counter()
         self.fast.load(slot, weights)
         nbytes = sum(w.nbytes for w in weights)
         if self.link_bytes_per_s:
             time.sleep(max(0.0, nbytes / self.link_bytes_per_s - (time.perf_counter() - t0)))
         self.counters.add(bytes_copied=nbytes)
+
+    def _entry(self, layer: int, expert: int, keep: bool = False) -> tuple[np.ndarray, ...]:
+        """The expert's arrays at the tiers' precision, from the store (``keep``: through its
+        RAM tier). A quantized bundle's are stored that way already."""
+        arrays = (self.store.get if keep else self.store.read)(layer, expert)
+        return arrays if self.store.bits is not None else self.layout.encode(*interleaved(*arrays))
 
     def _load_now(self, keys: list[Key]) -> None:
         for key in keys:
@@ -283,3 +289,10 @@ class TieredExperts:
             self.prefetcher.close()
         self.executor.shutdown(wait=True)
 
+
+def _bits(stored: Optional[int], asked: Optional[int], manifest: Manifest) -> Optional[int]:
+    """The tiers' precision: the bundle's if it stores integers (``asked`` must agree), else ``asked``."""
+    if stored is not None and asked not in (None, stored):
+        raise ConfigError(f"the bundle stores its experts as {manifest.experts.precision}; drop --expert-quant "
+                          f"or pass --expert-quant {manifest.experts.precision}")
+    return stored if stored is not None else asked
