@@ -53,6 +53,8 @@ def test_integer_experts_are_smaller_and_decode_like_load_time_quantization(demo
                                                        else "int4"))
     with pytest.raises(ConfigError, match="MoE backend only"):
         Generator.from_bundle(bundle, experts="sessions")
+    with pytest.raises(ConfigError, match="drop --fast-quant"):
+        Generator.from_bundle(bundle, tiers=TierConfig(policy="cpu", fast_quant="fp32"))
 
 
 def test_an_integer_expert_graph_computes_what_it_stores():
@@ -101,3 +103,24 @@ def test_cli_expert_quant(tmp_path):
     res = CliRunner().invoke(export_cli.main, ["--synthetic", "tiny", "-o", str(tmp_path / "s"), "--expert-quant",
                                                "int8", "-q"])
     assert res.exit_code == 2 and "writes fp32 experts" in res.stderr
+
+
+def test_each_tier_has_its_precision(demo_bundle):
+    """--fast-quant apart from --expert-quant: with every expert in the slots (resident) the
+    slots' precision alone decides the tokens, with none (cpu) the CPU lane's alone."""
+    prompt = ["def add(a, b):"]
+
+    def run(**tiers):
+        with Generator.from_bundle(demo_bundle, tiers=TierConfig(**tiers) if tiers else None) as gen:
+            return [list(gen.generate(p, max_new_tokens=24, stop_at_eos=False)) for p in prompt], gen.report.tiers
+
+    fp32, _ = run()
+    slots_fp32, t = run(policy="resident", expert_quant="int4", fast_quant="fp32")
+    assert slots_fp32 == fp32 and (t["experts"], t["fast_experts"]) == ("int4", "fp32")
+    int8, _ = run(policy="cpu", expert_quant="int8")
+    lane_int8, t = run(policy="cpu", expert_quant="int8", fast_quant="fp32", fast_budget="10%")
+    assert lane_int8 == int8 and t["fast_slots"] > 0
+    int4_slots, t = run(policy="resident", expert_quant="int8", fast_quant="int4")
+    assert int4_slots == run(policy="resident", expert_quant="int4")[0]
+    with pytest.raises(ConfigError, match="fast-tier precision"):
+        TierConfig(policy="cpu", fast_quant="int3")

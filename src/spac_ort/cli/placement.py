@@ -68,6 +68,10 @@ _OPTIONS = [
     click.option("--expert-quant", type=click.Choice(["none", "int8", "int4"]), default="none", show_default=True,
                  help="With --policy: hold experts on both tiers as 8- or 4-bit integers (one scale per output "
                       "row; com.microsoft.QMoE), so a fast budget holds 4x or 7x as many."),
+    click.option("--fast-quant", type=click.Choice(["same", "fp32", "int8", "int4"]), default="same",
+                 show_default=True,
+                 help="With --policy: the fast tier's precision apart from the CPU lane's (same: --expert-quant's), "
+                      "e.g. --expert-quant int4 --fast-quant int8."),
     click.option("--provider", type=click.Choice(list(PROVIDERS)), default="cpu", show_default=True,
                  help="Execution provider of the graphs outside the experts (embed, attention, router, head, "
                       "draft), the CPU provider taking what it does not; one this onnxruntime lacks is an error."),
@@ -100,7 +104,8 @@ def placement_options(command: Callable[..., Any]) -> Callable[..., Any]:
 def load_generator(bundle: Path, *, progress: bool, policy: Optional[str], profile_path: Optional[Path],
                    fast_provider: str, utility: str, fast_budget: Optional[str], ram_budget: Optional[str],
                    overlap: str, experts_backend: str, draft_dir: Optional[Path], verify: bool,
-                   threads: int, expert_quant: str = "none", provider: str = "cpu"):  # type: ignore[no-untyped-def]
+                   threads: int, expert_quant: str = "none", provider: str = "cpu",
+                   fast_quant: str = "same"):  # type: ignore[no-untyped-def]
     """A `Generator` for BUNDLE with the placement options' values (a progress bar on stderr
     while it loads, when ``progress``)."""
     from ..errors import ConfigError
@@ -119,10 +124,11 @@ def load_generator(bundle: Path, *, progress: bool, policy: Optional[str], profi
                            DeviceProfile.load(profile_path) if profile_path else None,
                            SpacOptions(utility=UtilityConfig.for_mode(utility)),
                            None if overlap == "auto" else overlap == "on",
-                           expert_quant=None if expert_quant == "none" else expert_quant)
+                           expert_quant=None if expert_quant == "none" else expert_quant,
+                           fast_quant=None if fast_quant == "same" else fast_quant)
     elif fast_budget is not None or ram_budget is not None:
         raise ConfigError("memory budgets need a placement policy; pass --policy (e.g. spac)")
-    elif expert_quant != "none":
+    elif expert_quant != "none" or fast_quant != "same":
         raise ConfigError("quantized experts live in the tiers; pass --policy (e.g. spac or cpu)")
     bar = Progress(enabled=progress)
     try:

@@ -8,7 +8,7 @@ from typing import Optional, Union
 from ..errors import ConfigError
 from ..profile import DeviceProfile
 from .sessions import CPU
-from .tiers.quant import bits_of
+from .tiers.quant import bits_of, fast_bits
 from .spac.policies import Policy, SpacOptions
 
 
@@ -23,7 +23,9 @@ class TierConfig:
     accelerator, inline with a CPU stand-in, where a second thread only contends for the
     same cores. ``expert_quant`` "int8" or "int4": both tiers hold experts quantized
     (symmetric, one scale per output row) and run them on ``com.microsoft.QMoE``; a slot
-    then takes a quarter or an eighth of an fp32 expert's bytes. ``link_bytes_per_s``
+    then takes a quarter or an eighth of an fp32 expert's bytes. ``fast_quant`` sets the
+    fast tier's apart: "fp32", "int8" or "int4" (None: as ``expert_quant``), e.g. int4 in
+    the CPU lane, where reading weights bounds the time, and int8 in the slots. ``link_bytes_per_s``
     emulates a slower host-to-fast-tier link: a copy takes at least bytes / rate (e.g.
     25e9 for a PCIe 4.0 x16 class link on a faster one)."""
 
@@ -36,9 +38,11 @@ class TierConfig:
     overlap: Optional[bool] = None
     link_bytes_per_s: Optional[float] = None
     expert_quant: Optional[str] = None
+    fast_quant: Optional[str] = None
 
     def __post_init__(self) -> None:
         bits_of(self.expert_quant)                   # a ConfigError for an unknown name
+        fast_bits(self.fast_quant)
         rate = self.link_bytes_per_s
         if rate is not None and (isinstance(rate, bool) or not isinstance(rate, (int, float)) or not rate > 0
                                  or rate == float("inf")):

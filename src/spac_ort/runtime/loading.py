@@ -20,7 +20,7 @@ from .config import TierConfig
 from .draft import DraftModel, find_graph
 from .experts import ExpertBackend, resident_backend
 from .spac.policies import Policy, make_policy
-from .tiers.quant import bits_of
+from .tiers.quant import bits_of, fast_bits
 from .tiers.tiered import TieredExperts
 from .tokenizer import Tokenizer
 
@@ -84,7 +84,8 @@ def _tiered(bundle: Path, manifest: Manifest, policy: Policy, tiers: TierConfig)
     total = len(manifest.moe_layers()) * manifest.dims.num_experts * manifest.expert_bytes()
     return TieredExperts(bundle, manifest, policy, _budget(tiers.fast_budget, total, "fast budget"),
                          _budget(tiers.ram_budget, total, "RAM budget"), tiers.fast_providers, tiers.profile,
-                         tiers.overlap, tiers.link_bytes_per_s, bits_of(tiers.expert_quant))
+                         tiers.overlap, tiers.link_bytes_per_s, bits_of(tiers.expert_quant),
+                         fast_bits(tiers.fast_quant))
 
 
 def _draft(bundle: Path, manifest: Manifest, directory: Optional[Union[str, Path]],

@@ -130,7 +130,9 @@ class RunReport:
                              f"{self.lookup_accepted} of {self.lookup_proposed}")
         if self.tiers:
             t = self.tiers
-            precision = f" of {t['experts']} experts" if t.get("experts", "fp32") != "fp32" else ""
+            fast, cpu = t.get("fast_experts", t.get("experts", "fp32")), t.get("experts", "fp32")
+            precision = (f" of {fast} experts" if fast != "fp32" else "") + (
+                f", CPU lane {cpu}" if cpu != fast else "")
             lines.append(f"policy {t['policy']} (fast tier: {t['fast_tier']}, {t['fast_slots']} slots{precision}): hit rate "
                          f"{t['hit_rate']:.1%}, fast share {t['fast_share']:.1%}, fetches {t['fetches_on_demand']} "
                          f"on demand + {t['fetches_prefetch']} prefetched, evictions {t['evictions']}, "

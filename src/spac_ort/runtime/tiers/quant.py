@@ -27,6 +27,17 @@ def bits_of(name: Optional[str]) -> Optional[int]:
     return QUANT[name]
 
 
+def fast_bits(name: Optional[str]) -> "Optional[int] | str":
+    """The fast tier's precision (``--fast-quant``): "same" (None: the CPU lane's), fp32, int8 or int4."""
+    if name is None or name == "same":
+        return "same"
+    if name == "fp32":
+        return None
+    if name not in QUANT:
+        raise ConfigError(f"unknown fast-tier precision '{name}'; use same, fp32, int8 or int4")
+    return QUANT[name]
+
+
 def quantize(w: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
     """w [..., rows, cols] -> (packed uint8 [..., rows, cols * bits / 8], scales [..., rows])."""
     qmax = 2 ** (bits - 1) - 1

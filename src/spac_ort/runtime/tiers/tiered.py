@@ -21,7 +21,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
@@ -46,6 +46,8 @@ from .store import ExpertStore
 CPU_STAND_IN = DeviceProfile("cpu-stand-in", 50e-6, 5e-6, 50e-6, 5e-6, 5e-6, 5e9)
 _PLAN_RANK = {"prefill": 0, "decode": 1, "verify": 2}     # --plan-out keeps the last step of the highest
 
+SAME = "same"            # the fast tier holds experts at the CPU lane's precision
+
 
 class TieredExperts:
     needs_groups = False     # lanes read ids and weights (groups are formed only under a RAM budget)
@@ -53,17 +55,23 @@ class TieredExperts:
     def __init__(self, bundle: Path, manifest: Manifest, policy: Policy, fast_budget: Optional[int],
                  ram_budget: Optional[int] = None, fast_providers: Sequence[str] = (CPU,),
                  profile: Optional[DeviceProfile] = None, overlap: Optional[bool] = None,
-                 link_bytes_per_s: Optional[float] = None, expert_bits: Optional[int] = None):
+                 link_bytes_per_s: Optional[float] = None, expert_bits: Optional[int] = None,
+                 fast_bits: Union[int, None, str] = SAME):
         self.manifest, self.policy = manifest, policy
         d = manifest.dims
         self.store = ExpertStore(bundle, manifest, ram_budget)
         expert_bits = _bits(self.store.bits, expert_bits, manifest)
         if expert_bits is not None and ram_budget is not None:
             raise ConfigError("quantized experts live in RAM, all of them; drop --ram-budget or --expert-quant")
-        self.layout = ExpertLayout(d.hidden_size, d.expert_intermediate, expert_bits)   # both tiers' precision
+        if fast_bits != SAME and self.store.bits is not None and fast_bits != self.store.bits:
+            raise ConfigError(f"the bundle stores its experts as {manifest.experts.precision}; the fast tier holds "
+                              "them so too: drop --fast-quant")
+        fast_bits = expert_bits if fast_bits == SAME else fast_bits
+        self.layout = ExpertLayout(d.hidden_size, d.expert_intermediate, expert_bits)        # the CPU lane's precision
+        self.fast_layout = ExpertLayout(d.hidden_size, d.expert_intermediate, fast_bits)    # the fast tier's
         self.counters = TierCounters()
         self.link_bytes_per_s = link_bytes_per_s       # emulated link rate: a copy takes at least bytes / rate
-        self.expert_bytes = self.layout.nbytes        # an expert in a slot or a copy
+        self.expert_bytes = self.fast_layout.nbytes   # an expert in a slot or a copy
         total = len(manifest.moe_layers()) * d.num_experts
         self.num_slots = total if fast_budget is None else min(total, fast_budget // self.expert_bytes)
         self.stand_in = not self.num_slots or fast_providers[0] == CPU     # no accelerator: a second CPU pool
@@ -74,7 +82,7 @@ class TieredExperts:
         self.table = SlotTable(self.num_slots)
         copier = None if self.stand_in else PinnedCopier.create()       # None: pageable copies through ORT
         self.fast = SlotPool(self.num_slots, d.hidden_size, d.expert_intermediate, fast_providers,
-                             copier=copier, bits=expert_bits) if self.num_slots else None
+                             copier=copier, bits=fast_bits) if self.num_slots else None
         # every expert in RAM: one MoE call per layer over its host stack; under a RAM
         # budget the store's LRU holds them and the slow lane runs them one by one
         self.stacks = (HostStacks(manifest.moe_layers(), d.num_experts, d.hidden_size, d.expert_intermediate,
@@ -108,7 +116,10 @@ class TieredExperts:
 
     # ---- residency mechanism -------------------------------------------------------------
     def _load(self, slot: int, key: Key) -> None:
-        weights = self.stacks.get(*key) if self.stacks is not None else self._entry(*key, keep=True)
+        if self.stacks is not None and self.fast_layout == self.layout:
+            weights = self.stacks.get(*key)
+        else:                   # under a RAM budget through its LRU; at another precision from the files
+            weights = self._entry(*key, keep=self.stacks is None, layout=self.fast_layout)
         t0 = time.perf_counter()
         self.fast.load(slot, weights)
         nbytes = sum(w.nbytes for w in weights)
@@ -116,11 +127,12 @@ class TieredExperts:
             time.sleep(max(0.0, nbytes / self.link_bytes_per_s - (time.perf_counter() - t0)))
         self.counters.add(bytes_copied=nbytes)
 
-    def _entry(self, layer: int, expert: int, keep: bool = False) -> tuple[np.ndarray, ...]:
-        """The expert's arrays at the tiers' precision, from the store (``keep``: through its
-        RAM tier). A quantized bundle's are stored that way already."""
+    def _entry(self, layer: int, expert: int, keep: bool = False,
+               layout: Optional[ExpertLayout] = None) -> tuple[np.ndarray, ...]:
+        """The expert's arrays at ``layout``'s precision (default: the CPU lane's), from the
+        store (``keep``: through its RAM tier). A quantized bundle's are stored that way."""
         arrays = (self.store.get if keep else self.store.read)(layer, expert)
-        return arrays if self.store.bits is not None else self.layout.encode(*interleaved(*arrays))
+        return arrays if self.store.bits is not None else (layout or self.layout).encode(*interleaved(*arrays))
 
     def _load_now(self, keys: list[Key]) -> None:
         for key in keys:
@@ -277,9 +289,10 @@ class TieredExperts:
         if since is None:
             since = {k: (0 if not isinstance(v, dict) else {}) for k, v in now.items()}
             since["bytes_copied"] = self.setup_bytes
-        bits = self.layout.bits
+        name = (lambda bits: "fp32" if bits is None else f"int{bits}")      # noqa: E731
         out = {"policy": self.policy.name, "fast_tier": "cpu stand-in" if self.stand_in else "accelerator",
-               "fast_slots": self.num_slots, "experts": "fp32" if bits is None else f"int{bits}",
+               "fast_slots": self.num_slots, "experts": name(self.layout.bits),
+               "fast_experts": name(self.fast_layout.bits),
                "bytes_initial_load": self.setup_bytes}
         out.update(self.counters.summary(since, now, new_tokens))
         return out
