@@ -234,15 +234,18 @@ class DraftController:
         c = self.config
         if c.measure_costs and c.min_k == 0 and (self._plain.n < 2 or self._since_plain >= c.anchor_interval):
             return Pick(0)                      # (re)measure v, the unit of all costs
-        room = (lambda source: remaining is None or remaining >= source.interval)
         if lookup:
             lk = _argmax(self._lookup_rates[:min(lookup, c.max_k) + 1], 1)
-            if self._lookup_rates[lk] > self._rates[self._best] or (
-                    self._best == 0 and self._context.probing and room(self._context)):
+            if self._lookup_rates[lk] > self._rates[self._best] or self._probe(self._context, remaining):
                 return Pick(lk, True)
-        if self._best == 0 and self._model.probing and room(self._model):
+        if self._probe(self._model, remaining):
             return Pick(self._best_window)
         return Pick(self._best)
+
+    def _probe(self, source: _Source, remaining: Optional[int]) -> bool:
+        """Probe ``source`` now: plain passes are the best guess, its interval is over, and
+        enough tokens remain for what a probe finds to pay off."""
+        return self._best == 0 and source.probing and (remaining is None or remaining >= source.interval)
 
     def observe(self, k: int, accepted: int, draft_seconds: float, target_seconds: float,
                 target_tokens: int, catchup_seconds: float = 0.0, lookup: bool = False) -> None:
