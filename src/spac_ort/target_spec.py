@@ -32,6 +32,11 @@ class TargetSpec:
     providers: tuple[str, ...] = ()
     profile: Optional[str] = None
 
+    @property
+    def half_precision(self) -> bool:
+        """Its session graphs are fp16 (a jetson bundle built with ``--precision fp16``)."""
+        return self.name == "jetson" and bool(self.graphs)
+
     def graph(self, rel: str) -> str:
         """The file the runtime opens for the session graph ``rel``."""
         return self.graphs.get(rel, rel)

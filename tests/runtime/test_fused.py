@@ -122,3 +122,43 @@ def test_sessions_off_the_host_are_told_apart():
 
     assert off_host(Session(["CUDAExecutionProvider", "CPUExecutionProvider"]))
     assert not off_host(Session(["CPUExecutionProvider"]))
+
+
+def test_a_cache_held_as_device_allocations_decodes_the_same(demo_bundle, monkeypatch):
+    """The KV cache as OrtValues of their own (as on the GPU; here allocations on the CPU
+    device), grown past its first capacity: the tokens do not change."""
+    import spac_ort.runtime.fused as fused
+    import spac_ort.runtime.fused_draft as fused_draft
+    from spac_ort.runtime import Generator
+
+    def generate():
+        with Generator.from_bundle(demo_bundle) as gen:
+            ids = gen.encode("def add(a, b):\n    return a + b\n" * 30)
+            assert len(ids) > 256                                    # past the cache's first capacity
+            out = list(gen.generate(ids, max_new_tokens=40, stop_at_eos=False, draft_tokens=3))
+            return out, gen.backbone.new_cache()
+
+    plain, cache = generate()
+    assert cache.device is None and cache.keys
+    monkeypatch.setattr(fused, "kv_device", lambda manifest, providers: "cpu")
+    monkeypatch.setattr(fused_draft.FusedDraft, "new_cache",
+                        lambda self: FusedKV(self.shape.num_layers, self.shape.num_kv_heads, self.shape.head_dim,
+                                             self.shape.head_dim, device="cpu"))
+    on_device, cache = generate()
+    assert cache.device == "cpu" and not cache.keys                 # held by its OrtValues alone
+    assert on_device == plain
+
+
+def test_the_cache_lives_on_the_gpu_only_with_fp16_graphs_on_cuda():
+    from types import SimpleNamespace
+
+    from spac_ort.runtime.fused_kv import kv_device
+    from spac_ort.target_spec import TargetSpec
+
+    cuda = ("CUDAExecutionProvider", "CPUExecutionProvider")
+    jetson16 = SimpleNamespace(target=TargetSpec("jetson", {"embed.onnx": "target/fp16/embed.onnx"}))
+    assert kv_device(jetson16, cuda) == "cuda"
+    assert kv_device(jetson16, ("CPUExecutionProvider",)) is None
+    assert kv_device(SimpleNamespace(target=TargetSpec("jetson", {})), cuda) is None          # fp32 graphs
+    assert kv_device(SimpleNamespace(target=TargetSpec("android", {"a.onnx": "target/ort/a.ort"})), cuda) is None
+    assert kv_device(SimpleNamespace(target=None), cuda) is None

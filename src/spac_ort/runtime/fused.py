@@ -15,7 +15,6 @@ grown buffers, only rebinds the past/present values. A call is then one
 
 from __future__ import annotations
 
-import itertools
 from pathlib import Path
 from time import perf_counter
 from typing import Callable, Optional, Sequence
@@ -30,15 +29,10 @@ from .experts import ExpertBackend, MoEExperts
 from .rope import rope_tables
 from .routing import group_by_expert
 from .sampling import check_finite
-from .sessions import CPU, Piece, bound_again, off_host, ort
+from .fused_kv import FusedKV, kv_device, ortvalue
+from .sessions import CPU, Piece, bound_again, off_host
 
 CACHED_PLANS = 16       # windows up to this length keep their bindings
-_BUFFER_SETS = itertools.count(1)
-
-
-def ortvalue(arr: np.ndarray):
-    """An OrtValue over ``arr``'s memory (it keeps ``arr`` alive)."""
-    return ort.OrtValue.ortvalue_from_numpy(arr)
 
 
 class SharedInputs:
@@ -56,51 +50,6 @@ class SharedInputs:
         """The cache holds ``length`` positions once the call is done."""
         self._seqlens[0] = length - 1
         self._total[()] = length
-
-
-class FusedKV:
-    """Per-layer KV buffers [1, KV, capacity, D] the layer graphs update in place; rollback
-    after rejected draft tokens is a length change. Grows by doubling (a copy)."""
-
-    def __init__(self, num_layers: int, heads: int, key_dim: int, value_dim: int, capacity: int = 256):
-        self.length = 0
-        self.capacity = 0
-        self.generation = 0             # unique per buffer set: bindings over other buffers are stale
-        self._dims = (num_layers, heads, key_dim, value_dim)
-        self.keys: list[np.ndarray] = []
-        self.values: list[np.ndarray] = []
-        self.key_values: list = []
-        self.value_values: list = []
-        self.reserve(capacity)
-
-    def reserve(self, positions: int) -> None:
-        if positions <= self.capacity:
-            return
-        layers, heads, kd, vd = self._dims
-        cap = max(positions, 2 * self.capacity)
-        keys = [np.zeros((1, heads, cap, kd), np.float32) for _ in range(layers)]
-        values = [np.zeros((1, heads, cap, vd), np.float32) for _ in range(layers)]
-        for new, old in zip(keys + values, self.keys + self.values):
-            new[:, :, :self.length] = old[:, :, :self.length]
-        self.keys, self.values, self.capacity = keys, values, cap
-        self.key_values = [ortvalue(k) for k in keys]
-        self.value_values = [ortvalue(v) for v in values]
-        self.generation = next(_BUFFER_SETS)
-
-    def bind(self, binding, layer: int, names: tuple[str, str, str, str]) -> None:
-        """Bind ``layer``'s buffers to ``binding`` as past key/value (inputs) and present
-        key/value (outputs): the same memory, updated in place."""
-        past_k, past_v, present_k, present_v = names
-        binding.bind_ortvalue_input(past_k, self.key_values[layer])
-        binding.bind_ortvalue_input(past_v, self.value_values[layer])
-        binding.bind_ortvalue_output(present_k, self.key_values[layer])
-        binding.bind_ortvalue_output(present_v, self.value_values[layer])
-
-    def truncate(self, length: int) -> None:
-        """Keep the first ``length`` positions (rollback after rejected draft tokens)."""
-        if not 0 <= length <= self.length:
-            raise ValueError(f"cannot truncate a cache of {self.length} positions to {length}")
-        self.length = length
 
 
 _KV_NAMES = (naming.PAST_KEY, naming.PAST_VALUE, naming.PRESENT_KEY, naming.PRESENT_VALUE)
@@ -157,10 +106,11 @@ class FusedBackbone(BackboneState):
         self._shared_inputs = SharedInputs(manifest.rope_theta, d.head_dim, d.max_positions)
         self._plans: dict[tuple[int, bool, bool], _Plan] = {}
         self._generation = -1
+        self._kv_device = kv_device(manifest, providers)
 
     def new_cache(self) -> FusedKV:
         d = self.m.dims
-        return FusedKV(d.num_layers, d.cache_heads, d.cache_key_dim, d.cache_value_dim)
+        return FusedKV(d.num_layers, d.cache_heads, d.cache_key_dim, d.cache_value_dim, device=self._kv_device)
 
     # ---- one pass ------------------------------------------------------------------------
     def forward(self, ids: Sequence[int], cache: FusedKV, last_only: bool = True) -> np.ndarray:

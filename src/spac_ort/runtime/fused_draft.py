@@ -4,7 +4,7 @@ draft step, its KV cache updated in place (`FusedKV`); rollback is a length chan
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -12,7 +12,8 @@ from .. import naming
 from ..errors import BundleError
 from ..manifest import DraftSpec
 from .draft import DraftShape
-from .fused import CACHED_PLANS, FusedKV, SharedInputs, ortvalue
+from .fused import CACHED_PLANS, SharedInputs
+from .fused_kv import FusedKV, ortvalue
 from .sampling import check_finite
 from .sessions import CPU, Piece, off_host
 
@@ -21,8 +22,10 @@ _KV = (naming.PAST_KEY, naming.PAST_VALUE, naming.PRESENT_KEY, naming.PRESENT_VA
 
 
 class FusedDraft:
-    def __init__(self, graph: Path, spec: DraftSpec, providers: Sequence[str] = (CPU,)):
+    def __init__(self, graph: Path, spec: DraftSpec, providers: Sequence[str] = (CPU,),
+                 kv_device: Optional[str] = None):
         self.piece = Piece(graph, providers)
+        self.kv_device = kv_device          # "cuda": the cache on the GPU (`fused_kv.kv_device`)
         n = spec.num_layers
         cache = [naming.fused_draft_cache(i, w) for i in range(n) for w in (naming.PAST_KEY, naming.PAST_VALUE)]
         want = (naming.INPUT_IDS, *cache, naming.SEQLENS_K, naming.TOTAL_LENGTH, naming.COS_CACHE, naming.SIN_CACHE)
@@ -37,7 +40,7 @@ class FusedDraft:
 
     def new_cache(self) -> FusedKV:
         s = self.shape
-        return FusedKV(s.num_layers, s.num_kv_heads, s.head_dim, s.head_dim)
+        return FusedKV(s.num_layers, s.num_kv_heads, s.head_dim, s.head_dim, device=self.kv_device)
 
     def forward(self, ids: Sequence[int], cache: FusedKV) -> np.ndarray:
         """Feed T tokens after the cache; returns logits of the last one, [V]."""

@@ -16,6 +16,7 @@ from ..naming import Graphs
 from .backbone import Backbone
 from .fused import FusedBackbone
 from .fused_draft import FusedDraft
+from .fused_kv import kv_device
 from .config import TierConfig
 from .draft import DraftModel, find_graph
 from .experts import ExpertBackend, resident_backend
@@ -93,7 +94,8 @@ def _draft(bundle: Path, manifest: Manifest, directory: Optional[Union[str, Path
     if directory is not None:
         model = DraftModel(find_graph(Path(directory)), providers)
     elif manifest.draft is not None and manifest.draft.graphs is Graphs.FUSED:
-        model = FusedDraft(bundle / manifest.session_graph(manifest.draft.graph), manifest.draft, providers)
+        model = FusedDraft(bundle / manifest.session_graph(manifest.draft.graph), manifest.draft, providers,
+                           kv_device(manifest, providers))
     elif manifest.draft is not None:
         model = DraftModel(bundle / manifest.session_graph(manifest.draft.graph), providers)
     else:

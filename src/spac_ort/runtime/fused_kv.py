@@ -1,0 +1,82 @@
+"""The KV cache of the fused graphs: per-layer buffers the attention updates in place, in
+host memory, or on the GPU when the attention runs there (fp16 session graphs on the CUDA
+provider: a jetson bundle), so no call copies the cache across the link."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Optional, Sequence
+
+import numpy as np
+
+from ..manifest import Manifest
+from .sessions import CUDA, ort
+
+_BUFFER_SETS = itertools.count(1)
+
+
+def ortvalue(arr: np.ndarray):  # type: ignore[no-untyped-def]
+    """An OrtValue over ``arr``'s memory (it keeps ``arr`` alive)."""
+    return ort.OrtValue.ortvalue_from_numpy(arr)
+
+
+def kv_device(manifest: Manifest, providers: Sequence[str]) -> Optional[str]:
+    """Where a fused model's KV cache lives: "cuda" when its attention runs on the GPU (the
+    fp16 session graphs of a jetson bundle on the CUDA provider; the fp32 fused attention
+    has no CUDA kernel and runs on the CPU), else None: host memory."""
+    half = manifest.target is not None and manifest.target.half_precision
+    return "cuda" if half and len(providers) > 0 and providers[0] == CUDA else None
+
+
+class FusedKV:
+    """Per-layer KV buffers [1, KV, capacity, D] the layer graphs update in place; rollback
+    after rejected draft tokens is a length change. Grows by doubling (a copy). ``device``
+    "cuda": the buffers are GPU allocations (``keys`` and ``values`` then stay empty)."""
+
+    def __init__(self, num_layers: int, heads: int, key_dim: int, value_dim: int, capacity: int = 256,
+                 device: Optional[str] = None):
+        self.length = 0
+        self.capacity = 0
+        self.generation = 0             # unique per buffer set: bindings over other buffers are stale
+        self.device = device
+        self._dims = (num_layers, heads, key_dim, value_dim)
+        self.keys: list[np.ndarray] = []
+        self.values: list[np.ndarray] = []
+        self.key_values: list = []
+        self.value_values: list = []
+        self.reserve(capacity)
+
+    def reserve(self, positions: int) -> None:
+        if positions <= self.capacity:
+            return
+        layers, heads, kd, vd = self._dims
+        cap = max(positions, 2 * self.capacity)
+        keys = [np.zeros((1, heads, cap, kd), np.float32) for _ in range(layers)]
+        values = [np.zeros((1, heads, cap, vd), np.float32) for _ in range(layers)]
+        old = (self.keys + self.values if self.device is None
+               else [v.numpy() for v in self.key_values + self.value_values] if self.length else [])
+        for new, before in zip(keys + values, old):
+            new[:, :, :self.length] = before[:, :, :self.length]
+        self.capacity = cap
+        if self.device is None:
+            self.keys, self.values = keys, values
+            self.key_values, self.value_values = [ortvalue(k) for k in keys], [ortvalue(v) for v in values]
+        else:
+            place = (lambda a: ort.OrtValue.ortvalue_from_numpy(a, self.device, 0))    # noqa: E731
+            self.key_values, self.value_values = [place(k) for k in keys], [place(v) for v in values]
+        self.generation = next(_BUFFER_SETS)
+
+    def bind(self, binding, layer: int, names: tuple[str, str, str, str]) -> None:  # type: ignore[no-untyped-def]
+        """Bind ``layer``'s buffers to ``binding`` as past key/value (inputs) and present
+        key/value (outputs): the same memory, updated in place."""
+        past_k, past_v, present_k, present_v = names
+        binding.bind_ortvalue_input(past_k, self.key_values[layer])
+        binding.bind_ortvalue_input(past_v, self.value_values[layer])
+        binding.bind_ortvalue_output(present_k, self.key_values[layer])
+        binding.bind_ortvalue_output(present_v, self.value_values[layer])
+
+    def truncate(self, length: int) -> None:
+        """Keep the first ``length`` positions (rollback after rejected draft tokens)."""
+        if not 0 <= length <= self.length:
+            raise ValueError(f"cannot truncate a cache of {self.length} positions to {length}")
+        self.length = length
