@@ -16,7 +16,9 @@ EOS ignored):
 - transformers: fp32 ``generate``, timed token by token through a streamer.
 - spac-run: ``Generator.generate`` on a bundle with a draft, ``report.tokens_per_second``;
   ``--bundle`` takes an existing bundle, else one is exported under ``--work`` (with
-  ``--export-option KEY=VALUE`` passed on to ``ExportOptions``).
+  ``--export-option KEY=VALUE`` passed on to ``ExportOptions``). Plain, a fixed K, and its
+  default ``--draft-tokens auto`` (drafts from the draft model or the context), which the
+  last row sets against llama.cpp's default, plain decoding.
 
 Every (repeat, threads, prompt) runs each engine once, in an order that rotates from prompt
 to prompt, so machine noise hits all alike. "spac-run / llama.cpp" is the geometric mean over
@@ -35,7 +37,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Union
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -46,6 +48,7 @@ from spac_ort.runtime import Generator
 
 LLAMA_BENCH_REPEATS = 3
 PLAIN, SPECULATIVE = "plain", "speculative"
+AUTO = "auto"           # spac-run's default (--draft-tokens auto), set against llama.cpp's default (plain)
 LLAMA, BENCH, HF, SPAC = "llama.cpp", "llama-bench", "transformers", "spac-run"
 
 
@@ -154,9 +157,10 @@ class SpacRun:
         self.bundle = bundle
         self.gens = {n: Generator.from_bundle(bundle, threads=n) for n in threads}
 
-    def run(self, prompt: str, threads: int, new_tokens: int, k: int) -> dict:
+    def run(self, prompt: str, threads: int, new_tokens: int, k: Union[int, str]) -> dict:
         gen = self.gens[threads]
-        spec = {"speculative": True, "draft_tokens": k} if k else {"speculative": False}
+        spec = ({"draft_tokens": "auto"} if k == AUTO else {"speculative": True, "draft_tokens": k} if k
+                else {"speculative": False})
         list(gen.generate(prompt, max_new_tokens=new_tokens, stop_at_eos=False, **spec))
         r = gen.report
         return {"tokens_per_s": r.tokens_per_second, "prompt_tokens": r.prompt_tokens,
@@ -192,6 +196,7 @@ def cases(prompt: str, threads: int, args: argparse.Namespace, llama: LlamaCpp, 
         (HF, PLAIN, lambda: hf.plain(prompt, threads, n)),
         (SPAC, PLAIN, lambda: spac.run(prompt, threads, n, 0)),
         (SPAC, SPECULATIVE, lambda: spac.run(prompt, threads, n, k)),
+        (SPAC, AUTO, lambda: spac.run(prompt, threads, n, AUTO)),
     ]
     return out
 
@@ -220,9 +225,10 @@ def measure(prompts: list[dict], args: argparse.Namespace, llama: LlamaCpp, hf: 
 def summarise(runs: list[dict], threads: list[int]) -> list[dict]:
     """Median tokens/s per (mode, threads, engine) and spac-run's paired ratio to llama.cpp."""
     rows = []
-    for mode in (PLAIN, SPECULATIVE):
+    for mode in (PLAIN, SPECULATIVE, AUTO):
         for n in threads:
-            mine = [r for r in runs if r["mode"] == mode and r["threads"] == n]
+            mine = [r for r in runs if r["threads"] == n and (r["mode"] == mode or (
+                mode == AUTO and r["mode"] == PLAIN and r["engine"] != SPAC))]     # auto: against plain llama.cpp
             row: dict = {"mode": mode, "threads": n}
             for engine in (LLAMA, BENCH, HF, SPAC):
                 tps = [r["tokens_per_s"] for r in mine if r["engine"] == engine]
@@ -251,8 +257,10 @@ def render(rows: list[dict], k: int) -> str:
             return ""
         return " / ".join(cell(row.get(f"{e} acceptance"), "{:.0%}") for e in (LLAMA, SPAC))
 
-    body = [[row["mode"] if row["mode"] == PLAIN else f"speculative K={k}", row["threads"], cell(row[LLAMA]),
-             cell(row[BENCH]) if row["mode"] == PLAIN else "", cell(row[HF]) if row["mode"] == PLAIN else "",
+    label = {PLAIN: PLAIN, SPECULATIVE: f"speculative K={k}", AUTO: "spac-run auto / llama.cpp plain"}
+    body = [[label[row["mode"]], row["threads"], cell(row[LLAMA]),
+             cell(row[BENCH]) if row["mode"] != SPECULATIVE else "",
+             cell(row[HF]) if row["mode"] != SPECULATIVE else "",
              cell(row[SPAC]), cell(row["spac-run / llama.cpp"], "{:.2f}x"), acceptance(row)] for row in rows]
     return table(["decoding", "threads", "llama.cpp tok/s", "llama-bench tg tok/s", "transformers tok/s",
                   "spac-run tok/s", "spac-run / llama.cpp", "acceptance llama.cpp / spac-run"], body)
