@@ -124,3 +124,11 @@ def test_each_tier_has_its_precision(demo_bundle):
     assert int4_slots == run(policy="resident", expert_quant="int4")[0]
     with pytest.raises(ConfigError, match="fast-tier precision"):
         TierConfig(policy="cpu", fast_quant="int3")
+
+
+def test_calibration_reads_integer_experts(quantized):
+    from spac_ort.runtime.calibrate import calibrate
+
+    _, bundle = quantized
+    profile = calibrate(bundle, repeats=3, tokens=(1, 2))
+    assert profile.link_bytes_per_s > 0 and profile.slow_fixed_s >= 0
