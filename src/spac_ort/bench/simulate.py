@@ -31,9 +31,12 @@ import numpy as np
 from ..errors import ConfigError
 from ..profile import DeviceProfile
 from ..runtime.calibrate import median_time
+from ..runtime.sessions import CPU
 from ..runtime.sensor import StepRecord, read_trace
 from ..runtime.spac.policies import TierView, make_policy
 from ..runtime.spac.replay import replay
+
+Providers = tuple[Sequence[str], Sequence[str]]     # (fast tier, graphs outside the experts)
 
 
 @dataclass(frozen=True)
@@ -101,19 +104,22 @@ def predict(records: Sequence[StepRecord], policy: str, budget_slots: int, view:
 
 
 def measure_system(bundle: Path, prompts: Sequence[Sequence[int]], device: DeviceProfile, overlap: bool,
-                   k: int = 4, new_tokens: int = 48) -> SystemProfile:
+                   k: int = 4, new_tokens: int = 48, providers: Providers = ((CPU,), (CPU,))) -> SystemProfile:
     """The system profile, measured in place: generations under policy ``cpu`` (plain, then
     with K drafts) give what a target pass costs outside its experts at T = 1 and K+1, a
     draft token, the decode loop's own work per pass, and the engine's work per layer
     (what the experts piece takes beyond the lanes the model charges). Measured in a full
     decode loop, not in isolation: there, the other pieces' weights keep the caches warm
-    and attention ran 2x faster than it does in a real run."""
+    and attention ran 2x faster than it does in a real run. ``providers``: (fast tier,
+    graphs outside the experts), as the measured runs will have them."""
     from ..runtime import Generator
     from ..runtime.config import TierConfig
     from ..runtime.tiers.pools import ExpertStack
 
     per_pass: dict[int, dict[str, float]] = {}
-    with Generator.from_bundle(bundle, tiers=TierConfig("cpu", profile=device)) as gen:
+    fast, backbone = providers
+    with Generator.from_bundle(bundle, providers=backbone,
+                               tiers=TierConfig("cpu", 0, fast_providers=fast, profile=device)) as gen:
         d, layers = gen.manifest.dims, len(gen.manifest.moe_layers())
         list(gen.generate(list(prompts[0]), max_new_tokens=8, speculative=False))           # warm-up
         for kk in (0, k):
@@ -166,8 +172,8 @@ def _ids(counts: np.ndarray, t: int, top_k: int) -> np.ndarray:
     return ids
 
 
-def measure_engine(bundle: Path, manifest, records: Sequence[StepRecord], policy: str, budget: str,
-                   system: SystemProfile, passes: int = 40) -> tuple[float, float]:  # type: ignore[no-untyped-def]
+def measure_engine(bundle: Path, manifest, records: Sequence[StepRecord], policy: str, budget: str,  # type: ignore[no-untyped-def]
+                   system: SystemProfile, passes: int = 40, fast: Sequence[str] = (CPU,)) -> tuple[float, float]:
     """The tiered engine's own seconds per MoE layer pass and per step for ``policy``: its
     wall time over a trace's routing minus what the cost model charges for the lanes."""
     from ..runtime.config import TierConfig
@@ -175,7 +181,8 @@ def measure_engine(bundle: Path, manifest, records: Sequence[StepRecord], policy
     from ..runtime.spac.policies import make_policy as _make
 
     eng = _tiered(bundle, manifest, _make(policy), TierConfig(policy, None if policy == "resident" else budget,
-                                                              profile=system.device, overlap=system.overlap))
+                                                              fast_providers=tuple(fast), profile=system.device,
+                                                              overlap=system.overlap))
     d = manifest.dims
     rng = np.random.default_rng(0)
     layer_s, modeled, steps, step_s, calls = 0.0, 0.0, 0, 0.0, 0
@@ -205,11 +212,9 @@ def predict_grid(bundle: Path, trace: Path, system: SystemProfile, policies: Seq
     """Predicted tokens/s and hit rate for each policy and budget over one trace."""
     from ..budget import parse_budget
     from ..manifest import load_manifest
-    from ..runtime.tiers.quant import ExpertLayout
-
     m = load_manifest(bundle)
     d = m.dims
-    nbytes = ExpertLayout(d.hidden_size, d.expert_intermediate).nbytes
+    nbytes = m.expert_bytes()                       # as the bundle stores its experts
     total = len(m.moe_layers()) * d.num_experts
     view = TierView(tuple(m.moe_layers()), d.num_layers, d.num_experts, d.top_k, 0, nbytes, system.device)
     records = load_records(trace, d.num_experts)
@@ -227,7 +232,7 @@ def predict_grid(bundle: Path, trace: Path, system: SystemProfile, policies: Seq
 
 
 def measure_system_file(bundle: Path, traces: dict, device: DeviceProfile, overlap: bool, prompts: Sequence[str],
-                        budget: str) -> SystemProfile:
+                        budget: str, providers: Providers = ((CPU,), (CPU,))) -> SystemProfile:
     """`measure_system` in place, then each policy's engine work on the routing of its trace
     (``traces``: policy -> trace path; the in-place level of policy cpu, plus each policy's
     isolated difference from cpu on its own trace)."""
@@ -236,9 +241,10 @@ def measure_system_file(bundle: Path, traces: dict, device: DeviceProfile, overl
 
     with Generator.from_bundle(bundle) as gen:
         ids = [gen.encode(p) for p in prompts]
-    system = measure_system(bundle, ids, device, overlap)
+    system = measure_system(bundle, ids, device, overlap, providers=providers)
     m = load_manifest(bundle)
-    isolated = {p: measure_engine(bundle, m, load_records(path, m.dims.num_experts), p, budget, system)
+    isolated = {p: measure_engine(bundle, m, load_records(path, m.dims.num_experts), p, budget, system,
+                                  fast=providers[0])
                 for p, path in traces.items() if p != "none"}
     if "cpu" not in isolated:
         raise ConfigError("the system profile is levelled on policy cpu; include it in --policies")

@@ -105,7 +105,7 @@ def main(bundle: Path, policies: str, budgets: str, ks: str, prompts_path: Optio
         cells = grid(_items(policies), _items(budgets), _ks(ks))
         if system_in is not None or system_out is not None:
             return _simulation(bundle, trace_path, system_in, system_out, _items(policies), _items(budgets),
-                               prompts_path, fast_provider, profile_path, out_dir)
+                               prompts_path, (fast_provider, backbone_provider), profile_path, out_dir)
         if prompts_path is not None and tapes is not None:
             raise ConfigError("--prompts and --tapes both name the prompts; pass one of them")
         if tapes is not None:
@@ -143,7 +143,7 @@ def main(bundle: Path, policies: str, budgets: str, ks: str, prompts_path: Optio
 
 
 def _simulation(bundle: Path, trace: Optional[Path], system_in: Optional[Path], system_out: Optional[Path],
-                policies: list, budgets: list, prompts_path: Optional[Path], fast_provider: str,
+                policies: list, budgets: list, prompts_path: Optional[Path], provider_names: tuple[str, str],
                 profile_path: Optional[Path], out_dir: Path) -> None:
     from ..bench.grid import load_prompts
     from ..bench.runner import default_prompts
@@ -158,11 +158,14 @@ def _simulation(bundle: Path, trace: Optional[Path], system_in: Optional[Path], 
         raise ConfigError("--simulate reads a system profile and --measure-system writes one; pass one of them")
     if system_out is not None:
         writable_path(system_out, "--measure-system")
+        fast_provider = provider_names[0]
+        providers = (fast_providers(fast_provider), fast_providers(provider_names[1]))
         device = (DeviceProfile.load(profile_path) if profile_path is not None
-                  else calibrate(bundle, fast_providers(fast_provider), repeats=20))
+                  else calibrate(bundle, providers[0], repeats=20))
         texts = [p.text for p in (load_prompts(prompts_path, 1, 48) if prompts_path else default_prompts(48))]
         traces = {p: trace for p in dict.fromkeys(["cpu", *policies])}
-        measure_system_file(bundle, traces, device, fast_provider != "cpu", texts, budgets[0]).save(system_out)
+        measure_system_file(bundle, traces, device, fast_provider != "cpu", texts, budgets[0],
+                            providers).save(system_out)
         click.echo(f"wrote {system_out}", err=True)
         return
     rows = predict_grid(bundle, trace, SystemProfile.load(system_in), policies, budgets)
