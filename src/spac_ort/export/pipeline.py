@@ -25,6 +25,7 @@ from .. import __version__, naming
 from ..errors import ConfigError, UnsupportedModelError
 from ..manifest import DType, Manifest
 from ..naming import Graphs
+from ..runtime.tiers.quant import bits_of
 from . import fused, fused_check, fused_head
 from .adapters import adapter_for
 from .adapters.base import Adapter
@@ -109,8 +110,7 @@ def export_bundle(opts: ExportOptions, progress: Optional[Progress] = None) -> E
     for value in (opts.head_quant, opts.draft_head_quant):
         if value not in fused_head.HEAD_QUANT:
             raise ConfigError(f"unknown head quantization '{value}'; use one of {', '.join(fused_head.HEAD_QUANT)}")
-    if opts.expert_quant not in ("none", "int8", "int4"):
-        raise ConfigError(f"unknown expert quantization '{opts.expert_quant}'; use none, int8 or int4")
+    bits_of(opts.expert_quant)                   # a ConfigError for an unknown name
     graphs = graph_variant(opts.graphs, adapter)
     if graphs is not Graphs.FUSED and opts.head_quant != "none":
         raise ConfigError("an 8-bit head needs fused graphs (MatMulNBits is an ONNX Runtime operator); "

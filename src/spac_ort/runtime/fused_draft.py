@@ -15,7 +15,7 @@ from .draft import DraftShape
 from .fused import CACHED_PLANS, SharedInputs
 from .fused_kv import FusedKV, ortvalue
 from .sampling import check_finite
-from .sessions import CPU, Piece, off_host
+from .sessions import CPU, Piece, bound_again, off_host
 
 _MAX_TABLE = 1 << 17       # rotary table rows (positions) at most
 _KV = (naming.PAST_KEY, naming.PAST_VALUE, naming.PRESENT_KEY, naming.PRESENT_VALUE)
@@ -81,11 +81,13 @@ class _Plan:
         b.bind_ortvalue_output(naming.LOGITS, self.values[1])
         self._layers = draft.shape.num_layers
         self.rebind(cache)
-        self._shared = list(draft.shared_inputs.values.items())
-        for name, value in self._shared:
+        inputs = {naming.INPUT_IDS: self.values[0], **draft.shared_inputs.values}
+        for name, value in draft.shared_inputs.values.items():
             b.bind_ortvalue_input(name, value)
-        self._run, self._raw = session._sess.run_with_iobinding, b._iobinding
-        self._again = off_host(session)       # a device session copies inputs when they are bound
+        run, raw = session._sess.run_with_iobinding, b._iobinding
+        self._call = lambda: run(raw, None)    # noqa: E731  (the binding's C++ call)
+        if off_host(session):                  # a device session copies inputs when they are bound
+            self._call = bound_again(self._call, b, inputs, lambda: self.rebind(self.cache))
 
     def rebind(self, cache: FusedKV) -> None:
         """Bind ``cache``'s buffers as every layer's past and present key/value."""
@@ -94,9 +96,4 @@ class _Plan:
         self.cache = cache
 
     def run(self) -> None:
-        if self._again:
-            self.binding.bind_ortvalue_input(naming.INPUT_IDS, self.values[0])
-            for name, value in self._shared:
-                self.binding.bind_ortvalue_input(name, value)
-            self.rebind(self.cache)
-        self._run(self._raw, None)
+        self._call()

@@ -15,8 +15,10 @@ from typing import Optional
 import numpy as np
 
 from ...errors import ConfigError
+from ...manifest_checks import EXPERT_BITS
 
-QUANT = {"int8": 8, "int4": 4}          # --expert-quant choices (besides none)
+QUANT = {name: bits for name, bits in EXPERT_BITS.items() if bits is not None}   # --expert-quant choices (besides none)
+SAME = "same"            # --fast-quant's default: the fast tier holds experts at the CPU lane's precision
 
 
 def bits_of(name: Optional[str]) -> Optional[int]:
@@ -29,8 +31,8 @@ def bits_of(name: Optional[str]) -> Optional[int]:
 
 def fast_bits(name: Optional[str]) -> "Optional[int] | str":
     """The fast tier's precision (``--fast-quant``): "same" (None: the CPU lane's), fp32, int8 or int4."""
-    if name is None or name == "same":
-        return "same"
+    if name is None or name == SAME:
+        return SAME
     if name == "fp32":
         return None
     if name not in QUANT:

@@ -37,7 +37,7 @@ from .counters import TierCounters
 from .plan import StepPlan
 from .pinned import PinnedCopier
 from .pools import HostPool, HostStacks, SlotPool, interleaved, lane_index
-from .quant import ExpertLayout
+from .quant import SAME, ExpertLayout
 from .prefetch import Prefetcher
 from .slots import SlotTable
 from .store import ExpertStore
@@ -45,8 +45,6 @@ from .store import ExpertStore
 # A CPU stand-in profile: both tiers on this CPU, copies are memcpy.
 CPU_STAND_IN = DeviceProfile("cpu-stand-in", 50e-6, 5e-6, 50e-6, 5e-6, 5e-6, 5e9)
 _PLAN_RANK = {"prefill": 0, "decode": 1, "verify": 2}     # --plan-out keeps the last step of the highest
-
-SAME = "same"            # the fast tier holds experts at the CPU lane's precision
 
 
 class TieredExperts:
