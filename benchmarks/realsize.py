@@ -59,7 +59,8 @@ def _generator(bundle: Path, policy: str, args: argparse.Namespace, overlap=None
     return Generator.from_bundle(bundle, threads=args.threads, providers=providers,
                                  tiers=TierConfig(policy, budget, None, fast_providers(args.fast_provider),
                                                   profile=_profile(bundle, args), link_bytes_per_s=_link(args),
-                                                  overlap=overlap))
+                                                  overlap=overlap, expert_quant=getattr(args, "expert_quant", None),
+                                                  fast_quant=getattr(args, "fast_quant", None)))
 
 
 def _link(args: argparse.Namespace):  # type: ignore[no-untyped-def]
@@ -77,8 +78,10 @@ def _profile(bundle: Path, args: argparse.Namespace):  # type: ignore[no-untyped
     if bundle not in _PROFILES:
         from spac_ort.runtime.calibrate import calibrate_for_run
         from spac_ort.runtime.sessions import fast_providers
+        from spac_ort.runtime.tiers.quant import fast_bits
 
-        _PROFILES[bundle] = calibrate_for_run(bundle, fast_providers(args.fast_provider), args.threads, _link(args))
+        _PROFILES[bundle] = calibrate_for_run(bundle, fast_providers(args.fast_provider), args.threads, _link(args),
+                                              fast_bits=fast_bits(getattr(args, "fast_quant", None)))
         print(f"calibrated: {_PROFILES[bundle]}", flush=True)
     return _PROFILES[bundle]
 
@@ -147,6 +150,7 @@ def run_cmd(args: argparse.Namespace) -> None:
            "hidden": m.dims.hidden_size, "experts": m.dims.num_experts, "expert_intermediate": m.dims.expert_intermediate,
            "fast_provider": args.fast_provider, "backbone_provider": args.backbone_provider, "fast_budget": args.fast_budget, "draft_tokens": args.draft_tokens,
            "threads": args.threads, "tapes": len(tapes), "link_gbps_emulated": args.link_gbps or None,
+           "expert_quant": args.expert_quant, "fast_quant": args.fast_quant,
            "profile": dataclasses.asdict(_PROFILES[args.bundle]) if args.bundle in _PROFILES else None,
            "results": results,
            "spac_vs_sd_static": _ratio(rate.get("spac"), rate.get("sd-static")),
@@ -187,6 +191,10 @@ def main() -> None:
     run.add_argument("--backbone-provider", default="cpu", help="cpu, or cuda: ONNX Runtime places each node of "
                                                                 "the non-expert graphs on CUDA where it has a kernel")
     run.add_argument("--draft-tokens", type=_draft_tokens, default=4)
+    run.add_argument("--expert-quant", choices=("none", "int8", "int4"), default="none",
+                     help="the tiers' expert precision (as spac-run's)")
+    run.add_argument("--fast-quant", choices=("same", "fp32", "fp16", "int8", "int4"), default="same",
+                     help="the fast tier's precision apart (as spac-run's)")
     run.add_argument("--threads", type=int, default=1)
     run.add_argument("--link-gbps", type=float, default=0.0, help="EMULATE a slower host-to-fast-tier link: every "
                      "copy takes at least bytes / rate (e.g. 25 for a PCIe 4.0 x16 class link)")

@@ -122,6 +122,12 @@ def test_each_tier_has_its_precision(demo_bundle):
     assert lane_int8 == int8 and t["fast_slots"] > 0
     int4_slots, t = run(policy="resident", expert_quant="int8", fast_quant="int4")
     assert int4_slots == run(policy="resident", expert_quant="int4")[0]
+    # fp16 slots beside an fp32 CPU lane: every fetch copies an fp16 expert (from the host mirror)
+    _, t = run(policy="lru", fast_quant="fp16", fast_budget="10%")
+    d = load_manifest(demo_bundle).dims
+    fetches = t["fetches_on_demand"] + t["fetches_prefetch"]
+    assert (t["experts"], t["fast_experts"]) == ("fp32", "fp16") and fetches > 0
+    assert t["bytes_to_fast"] == fetches * 3 * d.hidden_size * d.expert_intermediate * 2
     with pytest.raises(ConfigError, match="fast-tier precision"):
         TierConfig(policy="cpu", fast_quant="int3")
 

@@ -47,14 +47,14 @@ def tape_prompts(tapes: Sequence, per_domain: Optional[int]) -> list[tuple[Promp
 
 def _generator(bundle: Path, cell: Cell, fast_provider: Sequence[str], threads: int,
                profile: Optional[DeviceProfile], backbone: Sequence[str],
-               link: Optional[float], quant: Optional[str]):  # type: ignore[no-untyped-def]
+               link: Optional[float], quant: tuple[Optional[str], Optional[str]]):  # type: ignore[no-untyped-def]
     from ..runtime import Generator
     from ..runtime.config import TierConfig
 
     if cell.policy == "none":
         return Generator.from_bundle(bundle, threads=threads, providers=backbone)
     tiers = TierConfig(cell.policy, cell.budget, None, tuple(fast_provider), profile=profile, link_bytes_per_s=link,
-                       expert_quant=quant)
+                       expert_quant=quant[0], fast_quant=quant[1])
     return Generator.from_bundle(bundle, threads=threads, providers=backbone, tiers=tiers)
 
 
@@ -77,7 +77,7 @@ def _one(gen, cell: Cell, prompt: Prompt, tape) -> RunResult:  # type: ignore[no
 def run_grid(bundle: Path, cells: Sequence[Cell], prompts: Sequence[tuple[Prompt, object]], *,
              fast_provider: Sequence[str] = (CPU,), backbone: Sequence[str] = (CPU,), threads: int = 1,
              profile: Optional[DeviceProfile] = None, link_bytes_per_s: Optional[float] = None,
-             progress: Optional[Progress] = None, expert_quant: Optional[str] = None,
+             progress: Optional[Progress] = None, expert_quant: tuple[Optional[str], Optional[str]] = (None, None),
              interleave: bool = False) -> list[RunResult]:
     """Every cell on every prompt ((prompt, tape or None) pairs); results in run order.
 

@@ -64,6 +64,8 @@ def _items(text: str) -> list[str]:
               help="Intra-op threads of each ONNX Runtime session.")
 @click.option("--expert-quant", type=click.Choice(["none", "int8", "int4"]), default="none", show_default=True,
               help="Experts of the tiered policies held as 8- or 4-bit integers.")
+@click.option("--fast-quant", type=click.Choice(["same", "fp32", "fp16", "int8", "int4"]), default="same",
+              show_default=True, help="The fast tier's expert precision apart from --expert-quant's (as spac-run's).")
 @click.option("--link-gbps", type=click.FloatRange(min=0, min_open=True),
               help="EMULATE a slower host-to-fast-tier link: every copy takes at least bytes / rate (GB/s), "
                    "and a calibrated profile plans with that rate.")
@@ -87,7 +89,7 @@ def _items(text: str) -> list[str]:
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar, only errors on stderr.")
 def main(bundle: Path, policies: str, budgets: str, ks: str, prompts_path: Optional[Path], tapes: Optional[Path],
          per_domain: Optional[int], new_tokens: int, fast_provider: str, backbone_provider: str, threads: int,
-         expert_quant: str, link_gbps: Optional[float], calibrate: bool, trace_path: Optional[Path],
+         expert_quant: str, fast_quant: str, link_gbps: Optional[float], calibrate: bool, trace_path: Optional[Path],
          system_out: Optional[Path], system_in: Optional[Path], interleave: bool, profile_path: Optional[Path], out_dir: Path, no_plots: bool, verbose: int,
          quiet: bool) -> None:
     """Run every placement policy, fast budget and draft length K on the same prompts in one
@@ -123,19 +125,20 @@ def main(bundle: Path, policies: str, budgets: str, ks: str, prompts_path: Optio
         link = None if link_gbps is None else link_gbps * 1e9
         if calibrate:
             from ..runtime.calibrate import calibrate_for_run
-            profile = calibrate_for_run(bundle, fast, threads, link)
+            from ..runtime.tiers.quant import fast_bits
+            profile = calibrate_for_run(bundle, fast, threads, link, fast_bits=fast_bits(fast_quant))
         bar = Progress(enabled=not quiet)
         try:
             results = run_grid(bundle, cells, prompts, fast_provider=fast, backbone=backbone, threads=threads,
                                profile=profile, link_bytes_per_s=link, progress=bar,
-                               expert_quant=None if expert_quant == "none" else expert_quant, interleave=interleave)
+                               expert_quant=(expert_quant, fast_quant), interleave=interleave)
         finally:
             bar.close()
         rows = summarise(results)
         _report(rows, out_dir, no_plots)
         meta = {"bundle": str(bundle), "fast_provider": fast_provider, "backbone_provider": backbone_provider,
                 "threads": threads, "new_tokens": new_tokens, "prompts": len(prompts), "link_gbps_emulated": link_gbps,
-                "expert_quant": expert_quant, "interleave": interleave,
+                "expert_quant": expert_quant, "fast_quant": fast_quant, "interleave": interleave,
                 "profile": None if profile is None else vars(profile)}
         (out_dir / "bench.json").write_text(json.dumps(to_json(rows, results, meta), indent=1) + "\n",
                                             encoding="utf-8")

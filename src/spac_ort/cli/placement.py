@@ -68,10 +68,11 @@ _OPTIONS = [
     click.option("--expert-quant", type=click.Choice(["none", "int8", "int4"]), default="none", show_default=True,
                  help="With --policy: hold experts on both tiers as 8- or 4-bit integers (one scale per output "
                       "row; com.microsoft.QMoE), so a fast budget holds 4x or 7x as many."),
-    click.option("--fast-quant", type=click.Choice(["same", "fp32", "int8", "int4"]), default="same",
+    click.option("--fast-quant", type=click.Choice(["same", "fp32", "fp16", "int8", "int4"]), default="same",
                  show_default=True,
                  help="With --policy: the fast tier's precision apart from the CPU lane's (same: --expert-quant's), "
-                      "e.g. --expert-quant int4 --fast-quant int8."),
+                      "e.g. --expert-quant int4 --fast-quant fp16 (half the bytes of fp32 per slot; CUDA's MoE "
+                      "kernel takes fp16, its QMoE kernel no fp32 activations)."),
     click.option("--provider", type=click.Choice(list(PROVIDERS)), default="cpu", show_default=True,
                  help="Execution provider of the graphs outside the experts (embed, attention, router, head, "
                       "draft), the CPU provider taking what it does not; one this onnxruntime lacks is an error."),

@@ -49,7 +49,7 @@ def main(bundle: Path, prompt: Optional[str], prompt_file: Optional[Path], max_n
         for path, option in ((trace, "--trace"), (plan_out, "--plan-out"), (calibrate_out, "--calibrate")):
             writable_path(path, option)
         if calibrate_out is not None:
-            return _calibrate(bundle, placement["fast_provider"], calibrate_out)
+            return _calibrate(bundle, placement["fast_provider"], calibrate_out, placement["fast_quant"])
         if plan_out is not None and placement["policy"] is None:
             raise ConfigError("--plan-out needs a placement policy (--policy); the plain runtime has no plan")
         if plan_out is not None and plan_out.suffix not in (".json", ".dot"):
@@ -74,11 +74,12 @@ def main(bundle: Path, prompt: Optional[str], prompt_file: Optional[Path], max_n
                 gen.experts.plan.write(plan_out)
 
 
-def _calibrate(bundle: Path, fast_provider: str, out: Path) -> None:
+def _calibrate(bundle: Path, fast_provider: str, out: Path, fast_quant: str) -> None:
     from ..runtime.calibrate import calibrate
     from ..runtime.sessions import fast_providers
+    from ..runtime.tiers.quant import fast_bits
 
-    profile = calibrate(bundle, fast_providers(fast_provider))
+    profile = calibrate(bundle, fast_providers(fast_provider), fast_bits=fast_bits(fast_quant))
     profile.save(out)
     click.echo(f"wrote {out}: fast {profile.fast_fixed_s * 1e6:.0f} us + "
                f"{profile.fast_per_token_s * 1e6:.1f} us/token, cpu {profile.slow_fixed_s * 1e6:.0f} us + "

@@ -24,8 +24,10 @@ class TierConfig:
     same cores. ``expert_quant`` "int8" or "int4": both tiers hold experts quantized
     (symmetric, one scale per output row) and run them on ``com.microsoft.QMoE``; a slot
     then takes a quarter or an eighth of an fp32 expert's bytes. ``fast_quant`` sets the
-    fast tier's apart: "fp32", "int8" or "int4" (None: as ``expert_quant``), e.g. int4 in
-    the CPU lane, where reading weights bounds the time, and int8 in the slots. ``link_bytes_per_s``
+    fast tier's apart: "fp32", "fp16", "int8" or "int4" (None: as ``expert_quant``), e.g.
+    int4 in the CPU lane, where reading weights bounds the time, and fp16 in the slots of a
+    GPU; at a precision other than the CPU lane's, fetches copy from a host mirror of every
+    expert at the slots' precision (host memory: that much more). ``link_bytes_per_s``
     emulates a slower host-to-fast-tier link: a copy takes at least bytes / rate (e.g.
     25e9 for a PCIe 4.0 x16 class link on a faster one)."""
 

@@ -87,15 +87,17 @@ def grouped_swiglu_graph(hidden: int, inter: int, top_k: int) -> bytes:
     return model.SerializeToString()
 
 
-def moe_graph(hidden: int, inter: int, num_experts: int, top_k: int, normalize: bool) -> bytes:
+def moe_graph(hidden: int, inter: int, num_experts: int, top_k: int, normalize: bool, half: bool = False) -> bytes:
     """A layer's routed experts on ``com.microsoft.MoE``, weights bound as inputs.
 
     Inputs: normed [1, T, H]; router_logits [1, T, E] (the op takes softmax, top-k and, with
     ``normalize``, renormalises the chosen weights: the routing of the fused families);
     w_gate_up [E, 2I, H] with gate and up rows interleaved (row 2i gate i, 2i+1 up i: the
-    layout the CPU kernel computes exactly in fp32); w_down [E, H, I].
+    layout the CPU kernel computes exactly in fp32); w_down [E, H, I]. ``half``: fp16
+    weights; the activations are cast to fp16 for the operator and its output back to fp32.
     """
     f = TensorProto.FLOAT
+    w = TensorProto.FLOAT16 if half else f
     vi = helper.make_tensor_value_info
     const = helper.make_tensor
     nodes = [
@@ -104,15 +106,19 @@ def moe_graph(hidden: int, inter: int, num_experts: int, top_k: int, normalize: 
         helper.make_node("Constant", [], ["probs"], value=const("probs", TensorProto.INT64, [2], [-1, num_experts])),
         helper.make_node("Reshape", [naming.NORMED, "rows"], ["x"]),                   # [T, H]
         helper.make_node("Reshape", [naming.ROUTER_LOGITS, "probs"], ["logits"]),      # [T, E]
-        helper.make_node("MoE", ["x", "logits", "w_gate_up", "", "w_down"], ["y"], domain="com.microsoft",
+        *([helper.make_node("Cast", ["x"], ["xh"], to=w), helper.make_node("Cast", ["logits"], ["logitsh"], to=w)]
+          if half else []),
+        helper.make_node("MoE", ["xh", "logitsh", "w_gate_up", "", "w_down"] if half else
+                         ["x", "logits", "w_gate_up", "", "w_down"], ["yh" if half else "y"], domain="com.microsoft",
                          k=top_k, activation_type="swiglu", swiglu_fusion=1, normalize_routing_weights=int(normalize),
                          activation_alpha=1.0, activation_beta=0.0, swiglu_limit=float("inf")),
+        *([helper.make_node("Cast", ["yh"], ["y"], to=f)] if half else []),
         helper.make_node("Reshape", ["y", "out"], [naming.FFN_OUT]),                   # [1, T, H]
     ]
     graph = helper.make_graph(
         nodes, "moe",
         [vi(naming.NORMED, f, [1, "T", hidden]), vi(naming.ROUTER_LOGITS, f, [1, "T", num_experts]),
-         vi("w_gate_up", f, [num_experts, 2 * inter, hidden]), vi("w_down", f, [num_experts, hidden, inter])],
+         vi("w_gate_up", w, [num_experts, 2 * inter, hidden]), vi("w_down", w, [num_experts, hidden, inter])],
         [vi(naming.FFN_OUT, f, [1, "T", hidden])])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)],
                               ir_version=8)

@@ -103,3 +103,16 @@ def test_lanes_in_sequence_send_each_expert_where_it_is_cheaper():
     equal = DeviceProfile("stand-in", 5e-5, 5e-6, 5e-5, 5e-6, 5e-6, 5e9)   # both tiers the same: hits fast, misses slow
     b = balance(d, equal, 1000, free_slots=4, parallel=False)
     assert set(b.fast) == {1} and not b.fetch
+
+
+def test_a_fast_lane_measured_as_free_is_planned_not_divided_by():
+    """A calibration can measure an accelerator's cost per expert as 0 (below its timer's
+    noise, e.g. fp16 slots on CUDA): every path still plans, resident experts go fast."""
+    free = DeviceProfile("free-fast", 0.0, 0.0, 2.5e-3, 6e-5, 0.0, 52e9)
+    rng = np.random.default_rng(5)
+    for kw in ({}, {"frontier_limit": 0, "enumerate_limit": 0, "milp_time_limit": 0.0}, {"solve_worth": 1.0}):
+        for _ in range(20):
+            d = _demand(rng, int(rng.integers(3, 9)))
+            a = balance(d, free, 9_437_184, 2, **kw)
+            _check(d, a, free, 9_437_184, 2)
+            assert set(d.experts[d.resident].tolist()) <= set(a.fast)

@@ -78,3 +78,42 @@ def test_quantization_round_trips_and_packs_nibbles_low_first():
     w8 = np.array([[-127.0, 127.0, 18.0, 0.0]], np.float32)
     packed8, scale8 = quantize(w8, 8)
     assert packed8.tolist() == [[1, 255, 146, 128]] and dequantize(packed8, scale8, 8).tolist() == w8.tolist()
+
+
+def test_fp16_lanes_match_the_fp32_operator_over_the_rounded_weights():
+    """An fp16 stack (--fast-quant fp16) stores half-precision weights and runs them on the
+    MoE operator with fp16 activations; its fillers stay distinct (and weightless) in fp16."""
+    from spac_ort.runtime.tiers.pools import fillers
+    from spac_ort.runtime.tiers.quant import FP16, ExpertLayout
+
+    rng = np.random.default_rng(2)
+    h, i, n, top_k, t = 16, 8, 6, 3, 3
+    experts = [interleaved(*((rng.standard_normal(s) * 0.3).astype(np.float32) for s in ((h, i), (h, i), (i, h))))
+               for _ in range(n)]
+    half, rounded = ExpertStack(n, h, i, bits=FP16), ExpertStack(n, h, i)
+    for e, (gate_up, down) in enumerate(experts):
+        half.write(e, gate_up, down)
+        rounded.write(e, gate_up.astype(np.float16).astype(np.float32), down.astype(np.float16).astype(np.float32))
+    assert half.host[0].dtype == np.float16 and ExpertLayout(h, i, FP16).nbytes == 3 * h * i * 2
+    x = rng.standard_normal((1, t, h)).astype(np.float32)
+    ids = np.array([[0, 1, 2], [3, 4, 5], [5, 0, 2]])
+    weights = rng.random((t, top_k)).astype(np.float32)
+    lane = lane_index(np.array([0, 2, 5]), ids)
+    want = rounded.run(x, lane, weights)
+    np.testing.assert_allclose(half.run(x, lane, weights), want, rtol=0, atol=5e-3 * np.abs(want).max())
+    none = half.run(x[:, :1], np.full((1, top_k), -1), weights[:1])  # no chosen entry: zeros, not filler output
+    assert np.array_equal(none, np.zeros_like(none))
+    f = fillers(7168, half=True)[0, 0]
+    assert len(np.unique(f.astype(np.float16))) == 7168 and f.max() <= -512
+
+
+def test_integer_slots_on_cuda_are_refused_with_the_fix():
+    import pytest
+
+    from spac_ort.errors import ConfigError
+    from spac_ort.runtime.sessions import CPU, CUDA
+    from spac_ort.runtime.tiers.pools import SlotPool
+
+    for bits in (8, 4):
+        with pytest.raises(ConfigError, match="use --fast-quant fp16"):
+            SlotPool(4, 16, 8, (CUDA, CPU), bits=bits)

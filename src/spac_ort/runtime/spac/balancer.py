@@ -23,6 +23,7 @@ Pure: no ORT, no threads.
 from __future__ import annotations
 
 import itertools
+import math
 import time
 from dataclasses import dataclass
 from typing import Optional
@@ -205,7 +206,7 @@ def _greedy(size, fast_cost, slow_cost, fetched, xfer, cap, transfer_budget) -> 
     sz, fc, sc, fe = size.tolist(), fast_cost.tolist(), slow_cost.tolist(), fetched.tolist()
     fast, slow = 0.0, float(np.dot(size, slow_cost))
     left = cap
-    for j in sorted(range(n), key=lambda j: -(sc[j] / fc[j])):
+    for j in sorted(range(n), key=lambda j: -(sc[j] / fc[j]) if fc[j] > 0 else -math.inf):    # free fast work first
         while y[j] < sz[j]:
             if fe[j] and left < 1:
                 break

@@ -27,13 +27,16 @@ from ...errors import ConfigError
 from ..graphs import moe_graph, qmoe_graph, swiglu_graph
 from ..sessions import CPU, CUDA, ort, session_options
 from .pinned import PinnedCopier
-from .quant import ExpertLayout
+from .quant import FP16, ExpertLayout
 from .store import WEIGHTS
 
 # Logit of entry j when the lane does not run it: -1e4 - j. Its softmax weight is exactly 0
 # in fp32 beside any chosen logit (log(weight) >= -69), and the values are distinct, so the
-# operator's top-k never meets a tie among the fillers it must pick.
+# operator's top-k never meets a tie among the fillers it must pick. An fp16 lane casts the
+# logits to fp16, where -1e4 - j are not distinct: its fillers are the fp16 values from -512
+# down (bit patterns 0xE000 + j), as far from any chosen logit.
 _FILLER_BASE = -1e4
+_HALF_FILLER_BITS, _HALF_FILLERS = 0xE000, 0xFBFF - 0xE000 + 1
 
 
 def interleaved(w_gate: np.ndarray, w_up: np.ndarray, w_down: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -48,7 +51,7 @@ def interleaved(w_gate: np.ndarray, w_up: np.ndarray, w_down: np.ndarray) -> tup
 class ExpertStack:
     """n experts' weights on one device, run as one MoE call per lane (see the module doc).
     ``bits`` 8 or 4: the entries hold quantized weights (`quant.ExpertLayout`) and a lane
-    runs on ``com.microsoft.QMoE``."""
+    runs on ``com.microsoft.QMoE``; ``quant.FP16``: fp16 weights on the MoE operator."""
 
     def __init__(self, n: int, hidden: int, inter: int, providers: Sequence[str] = (CPU,),
                  sessions: Optional[dict] = None, copier: Optional[PinnedCopier] = None, bits: Optional[int] = None):
@@ -65,7 +68,7 @@ class ExpertStack:
             self.host = None
             self.values = tuple(ort.OrtValue.ortvalue_from_shape_and_type(list(sh), dt, self.device, 0)
                                 for sh, dt in shapes)
-            self._copy = _DeviceCopy(self.values, self.providers, copier)
+            self._copy = _DeviceCopy(self.values, [dt for _, dt in shapes], self.providers, copier)
             zero = tuple(np.zeros(sh[1:], dt) for sh, dt in shapes)
             for i in range(n):
                 self._copy.write(i, zero)
@@ -74,7 +77,7 @@ class ExpertStack:
         # stacks of the same shape may share them
         self._sessions: dict[int, ort.InferenceSession] = {} if sessions is None else sessions
         self._options = session_options()
-        self._fillers = fillers(n)
+        self._fillers = fillers(n, half=bits == FP16)
 
     def write(self, i: int, gate_up: np.ndarray, down: np.ndarray) -> None:
         """Encode one expert's interleaved fp32 weights at the stack's precision into entry ``i``."""
@@ -97,9 +100,9 @@ class ExpertStack:
     def _session(self, k: int) -> ort.InferenceSession:
         s = self._sessions.get(k)
         if s is None:
-            bits = self.layout.bits
-            graph = (moe_graph(self.hidden, self.inter, self.n, k, True) if bits is None
-                     else qmoe_graph(self.hidden, self.inter, self.n, k, bits))
+            lay = self.layout
+            graph = (qmoe_graph(self.hidden, self.inter, self.n, k, lay.bits) if lay.quantized
+                     else moe_graph(self.hidden, self.inter, self.n, k, True, half=lay.bits == FP16))
             s = self._sessions[k] = ort.InferenceSession(graph, self._options, providers=self.providers)
         return s
 
@@ -111,9 +114,16 @@ class ExpertStack:
                         self._fillers)
 
 
-def fillers(n: int) -> np.ndarray:
-    """[1, 1, n] the logits of entries a lane does not run (see `_FILLER_BASE`)."""
-    return (_FILLER_BASE - np.arange(n, dtype=np.float32))[None, None, :]
+def fillers(n: int, half: bool = False) -> np.ndarray:
+    """[1, 1, n] the logits of entries a lane does not run (see `_FILLER_BASE`); ``half``:
+    values that stay distinct in fp16."""
+    if not half:
+        return (_FILLER_BASE - np.arange(n, dtype=np.float32))[None, None, :]
+    if n > _HALF_FILLERS:
+        raise ConfigError(f"an fp16 fast tier holds at most {_HALF_FILLERS} experts, not {n}; use a smaller "
+                          "--fast-budget or --fast-quant fp32")
+    bits = (_HALF_FILLER_BITS + np.arange(n)).astype(np.uint16)
+    return bits.view(np.float16).astype(np.float32)[None, None, :]
 
 
 def run_lane(session, weights_in: dict, x: np.ndarray, index: np.ndarray, weights: np.ndarray,
@@ -142,11 +152,12 @@ class _DeviceCopy:
     before the write returns. Without: a copy graph whose outputs are bound to the entry's
     address inside the stack (ORT copies the host array in, the graph writes it there)."""
 
-    def __init__(self, values: tuple, providers: Sequence[str], copier: Optional[PinnedCopier] = None):
+    def __init__(self, values: tuple, dtypes: Sequence[type], providers: Sequence[str],
+                 copier: Optional[PinnedCopier] = None):
         from ..graphs import copy_graph
         self.values, self.copier = values, copier
         self.shapes = [v.shape()[1:] for v in values]
-        self.dtypes = [np.float32 if "float" in v.data_type() else np.uint8 for v in values]
+        self.dtypes = list(dtypes)
         self.strides = [np.dtype(dt).itemsize * int(np.prod(sh)) for dt, sh in zip(self.dtypes, self.shapes)]
         self.session = ort.InferenceSession(copy_graph(len(values)), session_options(), providers=list(providers))
 
@@ -168,6 +179,15 @@ class _DeviceCopy:
 
 class SlotPool(ExpertStack):
     """Fast-tier slots: an `ExpertStack` of ``num_slots`` entries on the fast provider."""
+
+    def __init__(self, n: int, hidden: int, inter: int, providers: Sequence[str] = (CPU,),
+                 copier: Optional[PinnedCopier] = None, bits: Optional[int] = None):
+        if providers[0] == CUDA and ExpertLayout(hidden, inter, bits).quantized:
+            # measured on an H200 (onnxruntime-gpu 1.30): the QMoE node falls back to the CPU,
+            # and a lane call took 31-41 ms against 15-24 ms for the same lane in host memory
+            raise ConfigError(f"int{bits} slots cannot run on CUDA: ONNX Runtime's CUDA QMoE kernel takes no fp32 "
+                              "activations; use --fast-quant fp16 (half the bytes of fp32) or fp32")
+        super().__init__(n, hidden, inter, providers, copier=copier, bits=bits)
 
     @property
     def stand_in(self) -> bool:

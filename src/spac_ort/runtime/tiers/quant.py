@@ -2,7 +2,7 @@
 per output row (8 bits: ``uint8 = q + 128``; 4 bits: two ``q + 8`` nibbles per byte, the
 low nibble first), and the shapes a tier stores for an expert at each precision.
 
-    layout = ExpertLayout(hidden, inter, bits=8)         # bits None: fp32 (the MoE operator)
+    layout = ExpertLayout(hidden, inter, bits=8)         # bits None: fp32, FP16: fp16 (the MoE operator)
     arrays = layout.encode(gate_up, down)                # what a stack entry holds
     layout.nbytes                                        # bytes per expert at this precision
 """
@@ -19,6 +19,7 @@ from ...manifest_checks import EXPERT_BITS
 
 QUANT = {name: bits for name, bits in EXPERT_BITS.items() if bits is not None}   # --expert-quant choices (besides none)
 SAME = "same"            # --fast-quant's default: the fast tier holds experts at the CPU lane's precision
+FP16 = 16                # --fast-quant fp16: half-precision floats on the MoE operator (a fast tier only)
 
 
 def bits_of(name: Optional[str]) -> Optional[int]:
@@ -30,13 +31,13 @@ def bits_of(name: Optional[str]) -> Optional[int]:
 
 
 def fast_bits(name: Optional[str]) -> "Optional[int] | str":
-    """The fast tier's precision (``--fast-quant``): "same" (None: the CPU lane's), fp32, int8 or int4."""
+    """The fast tier's precision (``--fast-quant``): "same" (None: the CPU lane's), fp32, fp16, int8 or int4."""
     if name is None or name == SAME:
         return SAME
-    if name == "fp32":
-        return None
+    if name in ("fp32", "fp16"):
+        return None if name == "fp32" else FP16
     if name not in QUANT:
-        raise ConfigError(f"unknown fast-tier precision '{name}'; use same, fp32, int8 or int4")
+        raise ConfigError(f"unknown fast-tier precision '{name}'; use same, fp32, fp16, int8 or int4")
     return QUANT[name]
 
 
@@ -64,7 +65,7 @@ def dequantize(packed: np.ndarray, scale: np.ndarray, bits: int) -> np.ndarray:
 
 @dataclass(frozen=True)
 class ExpertLayout:
-    """The arrays one expert occupies in a stack: fp32 (gate/up [2I, H], down [H, I]) or
+    """The arrays one expert occupies in a stack: fp32 or fp16 (gate/up [2I, H], down [H, I]) or
     quantized (the packed weights, each followed by its scales)."""
 
     hidden: int
@@ -77,22 +78,33 @@ class ExpertLayout:
                               "use --expert-quant int8")
 
     @property
+    def quantized(self) -> bool:
+        """Integer weights on QMoE (else floats on MoE)."""
+        return self.bits not in (None, FP16)
+
+    @property
+    def precision(self) -> str:
+        return "fp32" if self.bits is None else "fp16" if self.bits == FP16 else f"int{self.bits}"
+
+    @property
     def shapes(self) -> tuple[tuple[tuple[int, ...], type], ...]:
         h, i = self.hidden, self.inter
-        if self.bits is None:
-            return (((2 * i, h), np.float32), ((h, i), np.float32))
+        if not self.quantized:
+            dt = np.float32 if self.bits is None else np.float16
+            return (((2 * i, h), dt), ((h, i), dt))
         pack = 8 // self.bits
         return (((2 * i, h // pack), np.uint8), ((2 * i,), np.float32), ((h, i // pack), np.uint8), ((h,), np.float32))
 
     @property
     def names(self) -> tuple[str, ...]:
-        return ("w_gate_up", "w_down") if self.bits is None else ("w_gate_up", "s_gate_up", "w_down", "s_down")
+        return ("w_gate_up", "w_down") if not self.quantized else ("w_gate_up", "s_gate_up", "w_down", "s_down")
 
     @property
     def nbytes(self) -> int:
         return sum(int(np.prod(sh)) * np.dtype(dt).itemsize for sh, dt in self.shapes)
 
     def encode(self, gate_up: np.ndarray, down: np.ndarray) -> tuple[np.ndarray, ...]:
-        if self.bits is None:
-            return gate_up, down
+        if not self.quantized:
+            dt = self.shapes[0][1]
+            return gate_up.astype(dt, copy=False), down.astype(dt, copy=False)
         return (*quantize(gate_up, self.bits), *quantize(down, self.bits))

@@ -86,6 +86,11 @@ class TieredExperts:
         self.stacks = (HostStacks(manifest.moe_layers(), d.num_experts, d.hidden_size, d.expert_intermediate,
                                   self._entry, copier, expert_bits) if ram_budget is None else None)
         self.host = HostPool(d.hidden_size, d.expert_intermediate) if ram_budget is not None else None
+        # the fast tier at another precision than the CPU lane's: fetches copy from a host
+        # mirror at the slots' precision (encoding 19 MB inside a fetch costs more than the copy)
+        self.mirror = (HostStacks(manifest.moe_layers(), d.num_experts, d.hidden_size, d.expert_intermediate,
+                                  lambda layer, e: self._entry(layer, e, layout=self.fast_layout), copier, fast_bits)
+                       if self.stacks is not None and self.fast_layout != self.layout and self.num_slots else None)
         self.executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="spac-tier")
         self.plan = StepPlan(self.view.moe_layers)
         self.state: Any = policy.initial_state(self.view)
@@ -99,6 +104,8 @@ class TieredExperts:
                            if policy.prefetches and self.num_slots else None)
         self._load_now(policy.initial_residents(self.view))
         self.setup_bytes = self.counters.bytes_copied        # initial residency, not per token
+        if self.num_slots == total:
+            self.mirror = None                               # every expert has its slot: no more fetches
         self._step_mark = self.mark()
         self._last_combine = 0.0
         self._calls = 0
@@ -114,9 +121,10 @@ class TieredExperts:
 
     # ---- residency mechanism -------------------------------------------------------------
     def _load(self, slot: int, key: Key) -> None:
-        if self.stacks is not None and self.fast_layout == self.layout:
-            weights = self.stacks.get(*key)
-        else:                   # under a RAM budget through its LRU; at another precision from the files
+        source = self.stacks if self.fast_layout == self.layout else self.mirror
+        if source is not None:
+            weights = source.get(*key)
+        else:                   # under a RAM budget through its LRU (at the slots' precision)
             weights = self._entry(*key, keep=self.stacks is None, layout=self.fast_layout)
         t0 = time.perf_counter()
         self.fast.load(slot, weights)
@@ -287,10 +295,9 @@ class TieredExperts:
         if since is None:
             since = {k: (0 if not isinstance(v, dict) else {}) for k, v in now.items()}
             since["bytes_copied"] = self.setup_bytes
-        name = (lambda bits: "fp32" if bits is None else f"int{bits}")      # noqa: E731
         out = {"policy": self.policy.name, "fast_tier": "cpu stand-in" if self.stand_in else "accelerator",
-               "fast_slots": self.num_slots, "experts": name(self.layout.bits),
-               "fast_experts": name(self.fast_layout.bits),
+               "fast_slots": self.num_slots, "experts": self.layout.precision,
+               "fast_experts": self.fast_layout.precision,
                "bytes_initial_load": self.setup_bytes}
         out.update(self.counters.summary(since, now, new_tokens))
         return out
