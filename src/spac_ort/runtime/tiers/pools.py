@@ -19,6 +19,7 @@ with fewer chosen experts in a lane runs zero-weight fillers, which must be fini
 
 from __future__ import annotations
 
+import logging
 from typing import Optional, Sequence
 
 import numpy as np
@@ -37,6 +38,7 @@ from .store import WEIGHTS
 # down (bit patterns 0xE000 + j), as far from any chosen logit.
 _FILLER_BASE = -1e4
 _HALF_FILLER_BITS, _HALF_FILLERS = 0xE000, 0xFBFF - 0xE000 + 1
+log = logging.getLogger(__name__)
 
 
 def interleaved(w_gate: np.ndarray, w_up: np.ndarray, w_down: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -187,6 +189,9 @@ class SlotPool(ExpertStack):
             # and a lane call took 31-41 ms against 15-24 ms for the same lane in host memory
             raise ConfigError(f"int{bits} slots cannot run on CUDA: ONNX Runtime's CUDA QMoE kernel takes no fp32 "
                               "activations; use --fast-quant fp16 (half the bytes of fp32) or fp32")
+        if providers[0] == CPU and bits == FP16:
+            log.warning("fp16 slots on the CPU provider: its fp16 MoE kernel ran a real-size lane 10x slower than "
+                        "fp32 (measured); --fast-quant fp16 is meant for an accelerator")
         super().__init__(n, hidden, inter, providers, copier=copier, bits=bits)
 
     @property
