@@ -6,7 +6,8 @@ adds to the bundle it was made from.
       "graphs": {"embed.onnx": "target/ort/embed.ort", ...},   # the session graphs the runtime opens instead
       "fixed_tokens": [1, 5],                   # token counts of the fixed-shape variants under target/fixed/
       "providers": ["NnapiExecutionProvider", "XnnpackExecutionProvider", "CPUExecutionProvider"],
-      "profile": "target/device-profile.json"   # the balancer's cost model on the target device
+      "profile": "target/device-profile.json",  # the balancer's cost model on the target device
+      "provider_options": "target/providers.json"   # per provider, ONNX Runtime options the runtime passes
     }
 
 Every path is bundle-relative, confined, and listed in ``files`` (so ``--verify`` covers
@@ -31,6 +32,7 @@ class TargetSpec:
     fixed_tokens: tuple[int, ...] = ()
     providers: tuple[str, ...] = ()
     profile: Optional[str] = None
+    provider_options: Optional[str] = None
 
     @property
     def half_precision(self) -> bool:
@@ -64,8 +66,10 @@ def parse_target(r: Reader, files: dict[str, Any]) -> Optional[TargetSpec]:
     providers = tr.get("providers", list)
     if not all(isinstance(p, str) for p in providers):
         raise tr.fail("providers", "must be a list of execution provider names")
-    profile = tr.get("profile", str, optional=True)
-    if profile is not None:
-        checks.check_path(tr, "profile", profile)
-        checks.check_listed(tr, "profile", profile, files)
-    return TargetSpec(name, graphs, tuple(tokens), tuple(providers), profile)
+    paths = {}
+    for key in ("profile", "provider_options"):
+        paths[key] = tr.get(key, str, optional=True)
+        if paths[key] is not None:
+            checks.check_path(tr, key, paths[key])
+            checks.check_listed(tr, key, paths[key], files)
+    return TargetSpec(name, graphs, tuple(tokens), tuple(providers), paths["profile"], paths["provider_options"])

@@ -105,6 +105,30 @@ def test_jetson_bundle(demo_bundle, jetson):
     assert len(tokens) == 16
 
 
+def test_the_runtime_passes_a_jetson_bundles_provider_options(jetson, tmp_path, monkeypatch):
+    from spac_ort.errors import BundleError
+    from spac_ort.runtime import loading, sessions
+
+    m = load_manifest(jetson)
+    options = loading.target_provider_options(jetson, m)
+    assert m.target.provider_options == "target/providers.json"
+    assert options["TensorrtExecutionProvider"]["trt_engine_cache_enable"] == "True"
+    with sessions.provider_options(options):
+        got = sessions.with_options(("TensorrtExecutionProvider", "CPUExecutionProvider"))
+    assert got == [("TensorrtExecutionProvider", options["TensorrtExecutionProvider"]), "CPUExecutionProvider"]
+    assert sessions.with_options(("TensorrtExecutionProvider",)) == ["TensorrtExecutionProvider"]   # outside: none
+    # every graph session of a load is built with them (here: the CPU provider, whose options are empty)
+    seen = []
+    real = sessions.with_options
+    monkeypatch.setattr(sessions, "with_options", lambda p: seen.append(sessions._OPTIONS.get()) or real(p))
+    _greedy(jetson)
+    assert seen and all(s == options for s in seen)
+    (tmp_path / "target").mkdir()
+    (tmp_path / "target/providers.json").write_text('{"providers": [["CUDAExecutionProvider", 3]]}')
+    with pytest.raises(BundleError, match="not a provider options file.*spac-export target"):
+        loading.target_provider_options(tmp_path, m)
+
+
 def test_target_refuses_bad_input_and_leaves_nothing(demo_bundle, android, tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="already a android bundle"):
         target_build.build_target("android", android, tmp_path / "again")
@@ -129,6 +153,8 @@ def test_target_refuses_bad_input_and_leaves_nothing(demo_bundle, android, tmp_p
     (lambda t: t.update(name="toaster"), "target.name"),
     (lambda t: t.update(fixed_tokens=[0]), "target.fixed_tokens"),
     (lambda t: t.update(profile="/abs/profile.json"), "target.profile"),
+    (lambda t: t.update(provider_options="../providers.json"), "target.provider_options"),
+    (lambda t: t.update(provider_options="target/unlisted.json"), "target.provider_options"),
 ])
 def test_hostile_target_sections(android, tmp_path, edit, field):
     import shutil

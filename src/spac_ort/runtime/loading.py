@@ -4,6 +4,7 @@ the draft model."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
@@ -17,6 +18,7 @@ from .backbone import Backbone
 from .fused import FusedBackbone
 from .fused_draft import FusedDraft
 from .fused_kv import kv_device
+from .sessions import provider_options
 from .config import TierConfig
 from .draft import DraftModel, find_graph
 from .experts import ExpertBackend, resident_backend
@@ -56,14 +58,30 @@ def load(path: Union[str, Path], *, verify: bool, draft: Optional[Union[str, Pat
         policy = tiers.policy if isinstance(tiers.policy, Policy) else make_policy(tiers.policy, tiers.spac)
         backend = _tiered(bundle, manifest, policy, tiers)
     try:
-        backbone = (FusedBackbone if manifest.graphs is Graphs.FUSED else Backbone)(bundle, manifest, backend,
-                                                                                    providers)
+        with provider_options(target_provider_options(bundle, manifest)):
+            backbone = (FusedBackbone if manifest.graphs is Graphs.FUSED else Backbone)(bundle, manifest, backend,
+                                                                                        providers)
+            draft_model = _draft(bundle, manifest, draft, providers)
         tok = Tokenizer(bundle / manifest.tokenizer) if manifest.tokenizer else None
-        draft_model = _draft(bundle, manifest, draft, providers)
     except BaseException:
         backend.close()
         raise
     return Parts(bundle, manifest, backbone, tok, draft_model, policy)
+
+
+def target_provider_options(bundle: Path, manifest: Manifest) -> dict[str, dict[str, str]]:
+    """A deployment bundle's ONNX Runtime provider options (``target.provider_options``:
+    {"providers": [[name, {option: value}], ...]}), by provider name; {} without any."""
+    rel = None if manifest.target is None else manifest.target.provider_options
+    if rel is None:
+        return {}
+    try:
+        entries = json.loads((bundle / rel).read_text(encoding="utf-8"))["providers"]
+        options = {str(name): {str(k): str(v) for k, v in opts.items()} for name, opts in entries}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise BundleError(f"{bundle / rel} is not a provider options file ({type(exc).__name__}: {exc}); rebuild "
+                          "the target with spac-export target") from None
+    return options
 
 
 def _integer_experts(manifest: Manifest, experts: str) -> TierConfig:

@@ -49,6 +49,8 @@ def session_providers(name: str) -> tuple[str, ...]:
         have = ", ".join(k for k, v in PROVIDERS.items() if v in available)
         raise ConfigError(f"execution provider {ep} is not in this onnxruntime build (it has: {have}); "
                           f"{_WHERE[name]}, or use --provider cpu")
+    if name == "tensorrt" and CUDA in available:
+        return (ep, CUDA, CPU)          # what TensorRT does not take runs on CUDA before the CPU
     return (ep, CPU)
 
 

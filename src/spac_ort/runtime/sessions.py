@@ -55,6 +55,26 @@ def session_threads(threads: int) -> Iterator[None]:
         _THREADS.reset(token)
 
 
+_OPTIONS: contextvars.ContextVar[dict] = contextvars.ContextVar("provider_options", default={})
+
+
+@contextlib.contextmanager
+def provider_options(options: dict[str, dict[str, str]]) -> Iterator[None]:
+    """Graph sessions (`Piece`) built inside pass these ONNX Runtime options to their
+    providers (provider name -> options; e.g. a Jetson bundle's TensorRT engine cache)."""
+    token = _OPTIONS.set(dict(options))
+    try:
+        yield
+    finally:
+        _OPTIONS.reset(token)
+
+
+def with_options(providers: Sequence[str]) -> list:
+    """``providers`` as ONNX Runtime takes them, with the options in force (`provider_options`)."""
+    options = _OPTIONS.get()
+    return [(p, options[p]) if options.get(p) else p for p in providers]
+
+
 _global_pool: list[int] = []      # the size of the process's shared intra-op pool, once made
 
 
@@ -101,7 +121,8 @@ class Piece:
     def __init__(self, path: Path, providers: Sequence[str] = (CPU,), options: ort.SessionOptions | None = None):
         self.path = path
         try:
-            self.session = ort.InferenceSession(str(path), options or session_options(), providers=list(providers))
+            self.session = ort.InferenceSession(str(path), options or session_options(),
+                                                providers=with_options(providers))
         except Exception as exc:  # ORT raises Fail / InvalidProtobuf / NoSuchFile
             first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise BundleError(f"cannot load {path} ({first_line[:200]}); the bundle is corrupt, "

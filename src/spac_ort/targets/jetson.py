@@ -24,6 +24,7 @@ from .readme import jetson_readme, launcher, systemd_unit
 
 PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 ENGINE_CACHE = "/var/cache/spac-ort/trt"
+PROVIDER_OPTIONS = "target/providers.json"      # read by the runtime (`runtime.loading`)
 
 
 def provider_options() -> dict:
@@ -43,14 +44,14 @@ KEEP_FP32 = ("final_greedy.onnx",)          # exact fp32 logits decide its argma
 def add(build: TargetBuild) -> TargetSpec:
     mapping = _fp16_graphs(build) if build.precision == "fp16" else {}
     build.step("jetson files", 0, 1)
-    build.write_text("target/providers.json", json.dumps(provider_options(), indent=1) + "\n")
+    build.write_text(PROVIDER_OPTIONS, json.dumps(provider_options(), indent=1) + "\n")
     profile = "target/device-profile.json"
     build.write_text(profile, build.profile_json())
     build.write_text("target/spac-run.sh", launcher(build.hardware), mode=0o755)
     build.write_text("target/spac-ort.service", systemd_unit())
     build.write_text("target/README.md", jetson_readme(build.manifest, build.hardware, bool(mapping)))
     build.step("jetson files", 1, 1)
-    return TargetSpec("jetson", mapping, (), PROVIDERS, profile)
+    return TargetSpec("jetson", mapping, (), PROVIDERS, profile, PROVIDER_OPTIONS)
 
 
 def _fp16_graphs(build: TargetBuild) -> dict[str, str]:

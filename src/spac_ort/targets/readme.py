@@ -76,9 +76,9 @@ Model: {_model_line(m)}.
 - `target/device-profile.json`: the balancer's cost model on a {hw.name}, estimated from
   published specifications (sources and assumptions in `spac_ort/targets/hardware.py`).
 - `target/providers.json`: TensorRT (fp16, engine and timing caches under
-  `/var/cache/spac-ort/trt`) and CUDA provider options, for applications that open the
-  bundle's graphs with onnxruntime themselves. `spac-run --provider tensorrt` uses
-  ONNX Runtime's default options.
+  `/var/cache/spac-ort/trt`) and CUDA provider options. `spac-run --provider tensorrt`
+  (or `cuda`) passes them to the bundle's graph sessions; applications that open the
+  graphs with onnxruntime themselves can pass them too.
 - `target/spac-run.sh`: `spac-run` on this bundle with the board's defaults (the graphs on
   CUDA, experts placed by spac under `SPAC_FAST_BUDGET`, default 17%). Extra arguments pass
   through.
