@@ -8,6 +8,7 @@ import json
 import os
 import stat
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -77,8 +78,16 @@ def test_jetson_graphs_are_fp16_and_close_to_fp32(demo_bundle, jetson, tmp_path)
     layer = onnx.load(str(jetson / m.target.graphs["layers/000/layer.onnx"]))
     types = {i.data_type for i in layer.graph.initializer if len(i.dims) == 2}
     assert types == {onnx.TensorProto.FLOAT16}                       # the weight matrices
-    assert {i.type.tensor_type.elem_type for i in layer.graph.input} <= {onnx.TensorProto.FLOAT,
-                                                                         onnx.TensorProto.INT32}
+    io = {v.name: v.type.tensor_type.elem_type for v in (*layer.graph.input, *layer.graph.output)}
+    f16, f32 = onnx.TensorProto.FLOAT16, onnx.TensorProto.FLOAT
+    # the KV cache, updated in place, is fp16 (no casts of the whole cache); the rest stays fp32
+    assert {io[n] for n in ("past_key", "past_value", "present_key", "present_value")} == {f16}
+    rest = {t for n, t in io.items() if "past" not in n and "present" not in n}
+    assert f32 in rest and f16 not in rest
+    draft = onnx.load(str(jetson / m.target.graphs[m.draft.graph]))
+    assert {v.type.tensor_type.elem_type for v in draft.graph.input if v.name.startswith("past_key.")} == {f16}
+    with Generator.from_bundle(jetson) as gen:
+        assert gen.backbone.new_cache().keys[0].dtype == np.float16
     want, got = _prefill_logits(demo_bundle), _prefill_logits(jetson)
     err = float(abs(want - got).max()) / float(abs(want).max())
     assert 0 < err < 2e-2                                            # fp16: close, not equal

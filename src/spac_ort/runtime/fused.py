@@ -29,7 +29,7 @@ from .experts import ExpertBackend, MoEExperts
 from .rope import rope_tables
 from .routing import group_by_expert
 from .sampling import check_finite
-from .fused_kv import FusedKV, kv_device, ortvalue
+from .fused_kv import FusedKV, kv_device, kv_dtype, ortvalue
 from .sessions import CPU, Piece, bound_again, off_host
 
 CACHED_PLANS = 16       # windows up to this length keep their bindings
@@ -110,7 +110,8 @@ class FusedBackbone(BackboneState):
 
     def new_cache(self) -> FusedKV:
         d = self.m.dims
-        return FusedKV(d.num_layers, d.cache_heads, d.cache_key_dim, d.cache_value_dim, device=self._kv_device)
+        return FusedKV(d.num_layers, d.cache_heads, d.cache_key_dim, d.cache_value_dim, device=self._kv_device,
+                       dtype=kv_dtype(self.layers[0].session, naming.PAST_KEY))
 
     # ---- one pass ------------------------------------------------------------------------
     def forward(self, ids: Sequence[int], cache: FusedKV, last_only: bool = True) -> np.ndarray:

@@ -13,7 +13,7 @@ from ..errors import BundleError
 from ..manifest import DraftSpec
 from .draft import DraftShape
 from .fused import CACHED_PLANS, SharedInputs
-from .fused_kv import FusedKV, ortvalue
+from .fused_kv import FusedKV, kv_dtype, ortvalue
 from .sampling import check_finite
 from .sessions import CPU, Piece, bound_again, off_host
 
@@ -40,7 +40,8 @@ class FusedDraft:
 
     def new_cache(self) -> FusedKV:
         s = self.shape
-        return FusedKV(s.num_layers, s.num_kv_heads, s.head_dim, s.head_dim, device=self.kv_device)
+        return FusedKV(s.num_layers, s.num_kv_heads, s.head_dim, s.head_dim, device=self.kv_device,
+                       dtype=kv_dtype(self.piece.session, naming.fused_draft_cache(0, naming.PAST_KEY)))
 
     def forward(self, ids: Sequence[int], cache: FusedKV) -> np.ndarray:
         """Feed T tokens after the cache; returns logits of the last one, [V]."""

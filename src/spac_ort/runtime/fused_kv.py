@@ -28,13 +28,22 @@ def kv_device(manifest: Manifest, providers: Sequence[str]) -> Optional[str]:
     return "cuda" if half and len(providers) > 0 and providers[0] == CUDA else None
 
 
+def kv_dtype(session, name: str) -> type:  # type: ignore[no-untyped-def]
+    """The element type of a fused graph's KV input ``name``: fp16 in a jetson bundle's fp16
+    graphs (`targets.convert.to_fp16`), else fp32."""
+    kind = next(i.type for i in session.get_inputs() if i.name == name)
+    return np.float16 if kind == "tensor(float16)" else np.float32
+
+
 class FusedKV:
     """Per-layer KV buffers [1, KV, capacity, D] the layer graphs update in place; rollback
     after rejected draft tokens is a length change. Grows by doubling (a copy). ``device``
-    "cuda": the buffers are GPU allocations (``keys`` and ``values`` then stay empty)."""
+    "cuda": the buffers are GPU allocations (``keys`` and ``values`` then stay empty).
+    ``dtype``: the graphs' KV element type (`kv_dtype`)."""
 
     def __init__(self, num_layers: int, heads: int, key_dim: int, value_dim: int, capacity: int = 256,
-                 device: Optional[str] = None):
+                 device: Optional[str] = None, dtype: type = np.float32):
+        self.dtype = dtype
         self.length = 0
         self.capacity = 0
         self.generation = 0             # unique per buffer set: bindings over other buffers are stale
@@ -51,8 +60,8 @@ class FusedKV:
             return
         layers, heads, kd, vd = self._dims
         cap = max(positions, 2 * self.capacity)
-        keys = [np.zeros((1, heads, cap, kd), np.float32) for _ in range(layers)]
-        values = [np.zeros((1, heads, cap, vd), np.float32) for _ in range(layers)]
+        keys = [np.zeros((1, heads, cap, kd), self.dtype) for _ in range(layers)]
+        values = [np.zeros((1, heads, cap, vd), self.dtype) for _ in range(layers)]
         old = (self.keys + self.values if self.device is None
                else [v.numpy() for v in self.key_values + self.value_values] if self.length else [])
         for new, before in zip(keys + values, old):

@@ -1,9 +1,10 @@
 """The Jetson deployment bundle (``spac-export target jetson``). Under ``target/``:
 
-    fp16/...              every session graph but the greedy head in fp16 (inputs and outputs fp32):
-                          the runtime opens these (``--precision fp16``, the default)
-    providers.json        CUDA and TensorRT provider options (TensorRT engine cache, fp16) for
-                          applications that open the bundle's graphs themselves
+    fp16/...              every session graph but the greedy head in fp16 (inputs and outputs
+                          fp32, the KV cache fp16): the runtime opens these (``--precision
+                          fp16``, the default)
+    providers.json        CUDA and TensorRT provider options (TensorRT engine cache, fp16): the
+                          runtime passes them to its graph sessions
     device-profile.json   the balancer's cost model on an Orin-class board (estimated)
     spac-run.sh           a launcher: spac-run on this bundle with the board's defaults
     spac-ort.service      a systemd unit serving the bundle with spac-serve
