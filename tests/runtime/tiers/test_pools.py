@@ -105,6 +105,11 @@ def test_fp16_lanes_match_the_fp32_operator_over_the_rounded_weights():
     assert np.array_equal(none, np.zeros_like(none))
     f = fillers(7168, half=True)[0, 0]
     assert len(np.unique(f.astype(np.float16))) == 7168 and f.max() <= -512
+    import pytest
+
+    from spac_ort.errors import ConfigError
+    with pytest.raises(ConfigError, match="at most 7168 experts.*--fast-quant fp32"):
+        fillers(7169, half=True)
 
 
 def test_integer_slots_on_cuda_are_refused_with_the_fix():
