@@ -78,10 +78,9 @@ def _profile(bundle: Path, args: argparse.Namespace):  # type: ignore[no-untyped
     if bundle not in _PROFILES:
         from spac_ort.runtime.calibrate import calibrate_for_run
         from spac_ort.runtime.sessions import fast_providers
-        from spac_ort.runtime.tiers.quant import fast_bits
 
         _PROFILES[bundle] = calibrate_for_run(bundle, fast_providers(args.fast_provider), args.threads, _link(args),
-                                              fast_bits=fast_bits(getattr(args, "fast_quant", None)))
+                                              fast_quant=getattr(args, "fast_quant", None))
         print(f"calibrated: {_PROFILES[bundle]}", flush=True)
     return _PROFILES[bundle]
 

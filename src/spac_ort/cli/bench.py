@@ -125,8 +125,7 @@ def main(bundle: Path, policies: str, budgets: str, ks: str, prompts_path: Optio
         link = None if link_gbps is None else link_gbps * 1e9
         if calibrate:
             from ..runtime.calibrate import calibrate_for_run
-            from ..runtime.tiers.quant import fast_bits
-            profile = calibrate_for_run(bundle, fast, threads, link, fast_bits=fast_bits(fast_quant))
+            profile = calibrate_for_run(bundle, fast, threads, link, fast_quant=fast_quant)
         bar = Progress(enabled=not quiet)
         try:
             results = run_grid(bundle, cells, prompts, fast_provider=fast, backbone=backbone, threads=threads,

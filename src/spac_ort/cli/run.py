@@ -77,9 +77,8 @@ def main(bundle: Path, prompt: Optional[str], prompt_file: Optional[Path], max_n
 def _calibrate(bundle: Path, fast_provider: str, out: Path, fast_quant: str) -> None:
     from ..runtime.calibrate import calibrate
     from ..runtime.sessions import fast_providers
-    from ..runtime.tiers.quant import fast_bits
 
-    profile = calibrate(bundle, fast_providers(fast_provider), fast_bits=fast_bits(fast_quant))
+    profile = calibrate(bundle, fast_providers(fast_provider), fast_quant=fast_quant)
     profile.save(out)
     click.echo(f"wrote {out}: fast {profile.fast_fixed_s * 1e6:.0f} us + "
                f"{profile.fast_per_token_s * 1e6:.1f} us/token, cpu {profile.slow_fixed_s * 1e6:.0f} us + "

@@ -16,7 +16,7 @@ from ..manifest import load_manifest
 from ..profile import DeviceProfile
 from .tiers.pinned import PinnedCopier
 from .tiers.pools import ExpertStack, SlotPool, interleaved
-from .tiers.quant import SAME, ExpertLayout
+from .tiers.quant import SAME, ExpertLayout, fast_bits
 from .sessions import CPU, session_threads
 from .tiers.store import ExpertStore
 
@@ -53,27 +53,28 @@ def _line(tokens: Sequence[int], seconds: Sequence[float]) -> tuple[float, float
 
 
 def calibrate(bundle: Path, fast_providers: Sequence[str] = (CPU,), repeats: int = 50,
-              tokens: Sequence[int] = (1, 2, 4, 8, 16), fast_bits: "Optional[int] | str" = SAME) -> DeviceProfile:
+              tokens: Sequence[int] = (1, 2, 4, 8, 16), fast_quant: Optional[str] = None) -> DeviceProfile:
     """A lane runs all its experts in one call, so what the balancer weighs is the cost an
     expert adds to its lane's call: per lane and token count, the time of a call over
     ``n`` experts minus a call over one, divided by n - 1, fitted as fixed + per token.
-    ``fast_bits`` (`quant.fast_bits`): the slots' precision where it is not the bundle's."""
+    ``fast_quant``: the slots' precision where it is not the bundle's (`TierConfig.fast_quant`)."""
     m = load_manifest(bundle)
     d = m.dims
     store = ExpertStore(bundle, m)
     bits = store.bits                           # a bundle of integer experts: its stacks' precision
     weights = store.get(m.moe_layers()[0], 0)
     weights = weights if bits is not None else interleaved(*weights)
-    fast_bits = bits if fast_bits == SAME or bits is not None else fast_bits
-    fast_weights = ExpertLayout(d.hidden_size, d.expert_intermediate, fast_bits).encode(*weights) \
-        if fast_bits != bits else weights
+    asked = fast_bits(fast_quant)
+    slot_bits = bits if asked == SAME or bits is not None else asked
+    fast_weights = ExpertLayout(d.hidden_size, d.expert_intermediate, slot_bits).encode(*weights) \
+        if slot_bits != bits else weights
     copier = PinnedCopier.create() if fast_providers[0] != CPU else None     # as the tiered engine copies
     if copier is not None:
         weights, fast_weights = (tuple(_pinned_copy(copier, w) for w in ws) for ws in (weights, fast_weights))
     n = min(_CAL_EXPERTS, d.num_experts)
     nbytes = sum(w.nbytes for w in fast_weights)
     pool = min(d.num_experts, max(n, -(-_COLD_BYTES // sum(w.nbytes for w in weights))))
-    fast = SlotPool(pool, d.hidden_size, d.expert_intermediate, fast_providers, copier=copier, bits=fast_bits)
+    fast = SlotPool(pool, d.hidden_size, d.expert_intermediate, fast_providers, copier=copier, bits=slot_bits)
     host = ExpertStack(pool, d.hidden_size, d.expert_intermediate, bits=bits)
     for i in range(pool):                       # copies of one expert: each entry is its own memory
         fast.load(i, fast_weights)
@@ -108,11 +109,11 @@ def _rotating(lane: ExpertStack, x: np.ndarray, width: int, pool: int):  # type:
 
 def calibrate_for_run(bundle: Path, fast_providers: Sequence[str], threads: int = 1,
                       link_bytes_per_s: Optional[float] = None, repeats: int = 10,
-                      fast_bits: "Optional[int] | str" = SAME) -> DeviceProfile:
+                      fast_quant: Optional[str] = None) -> DeviceProfile:
     """`calibrate` with the intra-op threads of the run the profile serves; with an emulated
     link (``link_bytes_per_s``) the balancer plans with that rate where it is the slower."""
     with session_threads(threads):
-        profile = calibrate(bundle, fast_providers, repeats=repeats, fast_bits=fast_bits)
+        profile = calibrate(bundle, fast_providers, repeats=repeats, fast_quant=fast_quant)
     if link_bytes_per_s is None:
         return profile
     return dataclasses.replace(profile, name=f"{profile.name}, link emulated at {link_bytes_per_s / 1e9:g} GB/s",

@@ -52,7 +52,6 @@ class SharedInputs:
         self._total[()] = length
 
 
-_KV_NAMES = (naming.PAST_KEY, naming.PAST_VALUE, naming.PRESENT_KEY, naming.PRESENT_VALUE)
 
 
 class _Plan:
@@ -71,7 +70,7 @@ class _Plan:
 
     def rebind(self, cache: FusedKV) -> None:
         for binding, layer in self.kv:
-            cache.bind(binding, layer, _KV_NAMES)
+            cache.bind(binding, layer, naming.KV_NAMES)
         self.cache = cache
 
     def buffer(self, shape: tuple[int, ...], dtype=np.float32) -> tuple[np.ndarray, object]:
@@ -107,11 +106,12 @@ class FusedBackbone(BackboneState):
         self._plans: dict[tuple[int, bool, bool], _Plan] = {}
         self._generation = -1
         self._kv_device = kv_device(manifest, providers)
+        self._kv_dtype = kv_dtype(self.layers[0].session, naming.PAST_KEY)
 
     def new_cache(self) -> FusedKV:
         d = self.m.dims
         return FusedKV(d.num_layers, d.cache_heads, d.cache_key_dim, d.cache_value_dim, device=self._kv_device,
-                       dtype=kv_dtype(self.layers[0].session, naming.PAST_KEY))
+                       dtype=self._kv_dtype)
 
     # ---- one pass ------------------------------------------------------------------------
     def forward(self, ids: Sequence[int], cache: FusedKV, last_only: bool = True) -> np.ndarray:
@@ -206,7 +206,7 @@ class FusedBackbone(BackboneState):
         b = session.io_binding()
         if kv_layer is not None:
             plan.kv.append((b, kv_layer))
-            plan.cache.bind(b, kv_layer, _KV_NAMES)
+            plan.cache.bind(b, kv_layer, naming.KV_NAMES)
         for n, v in inputs.items():
             b.bind_ortvalue_input(n, v)
         for n, v in outputs.items():
@@ -215,7 +215,7 @@ class FusedBackbone(BackboneState):
         run, raw = session._sess.run_with_iobinding, b._iobinding
         call = lambda: run(raw, None)        # noqa: E731  (the binding's C++ call, without the wrapper)
         if off_host(session):
-            kv = (lambda: plan.cache.bind(b, kv_layer, _KV_NAMES)) if kv_layer is not None else None
+            kv = (lambda: plan.cache.bind(b, kv_layer, naming.KV_NAMES)) if kv_layer is not None else None
             call = bound_again(call, b, inputs, kv)
         plan.values.append(b)
         if step:

@@ -18,7 +18,6 @@ from .sampling import check_finite
 from .sessions import CPU, Piece, bound_again, off_host
 
 _MAX_TABLE = 1 << 17       # rotary table rows (positions) at most
-_KV = (naming.PAST_KEY, naming.PAST_VALUE, naming.PRESENT_KEY, naming.PRESENT_VALUE)
 
 
 class FusedDraft:
@@ -32,6 +31,7 @@ class FusedDraft:
         if self.piece.inputs != want:
             raise BundleError(f"draft graph {graph} has inputs {list(self.piece.inputs)}, a fused draft takes "
                               f"{list(want)}; re-export the bundle")
+        self.kv_dtype = kv_dtype(self.piece.session, naming.fused_draft_cache(0, naming.PAST_KEY))
         self.shape = DraftShape(n, spec.num_kv_heads, spec.head_dim, spec.vocab_size)
         self.shared_inputs = SharedInputs(spec.rope_theta, spec.head_dim, min(spec.max_positions, _MAX_TABLE))
         self._plans: dict[int, _Plan] = {}
@@ -41,7 +41,7 @@ class FusedDraft:
     def new_cache(self) -> FusedKV:
         s = self.shape
         return FusedKV(s.num_layers, s.num_kv_heads, s.head_dim, s.head_dim, device=self.kv_device,
-                       dtype=kv_dtype(self.piece.session, naming.fused_draft_cache(0, naming.PAST_KEY)))
+                       dtype=self.kv_dtype)
 
     def forward(self, ids: Sequence[int], cache: FusedKV) -> np.ndarray:
         """Feed T tokens after the cache; returns logits of the last one, [V]."""
@@ -93,7 +93,7 @@ class _Plan:
     def rebind(self, cache: FusedKV) -> None:
         """Bind ``cache``'s buffers as every layer's past and present key/value."""
         for i in range(self._layers):
-            cache.bind(self.binding, i, tuple(naming.fused_draft_cache(i, n) for n in _KV))
+            cache.bind(self.binding, i, tuple(naming.fused_draft_cache(i, n) for n in naming.KV_NAMES))
         self.cache = cache
 
     def run(self) -> None:

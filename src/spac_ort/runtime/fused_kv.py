@@ -9,6 +9,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from ..errors import BundleError
 from ..manifest import Manifest
 from .sessions import CUDA, ort
 
@@ -31,7 +32,9 @@ def kv_device(manifest: Manifest, providers: Sequence[str]) -> Optional[str]:
 def kv_dtype(session, name: str) -> type:  # type: ignore[no-untyped-def]
     """The element type of a fused graph's KV input ``name``: fp16 in a jetson bundle's fp16
     graphs (`targets.convert.to_fp16`), else fp32."""
-    kind = next(i.type for i in session.get_inputs() if i.name == name)
+    kind = next((i.type for i in session.get_inputs() if i.name == name), None)
+    if kind is None:
+        raise BundleError(f"a fused graph has no KV input '{name}'; re-export the bundle")
     return np.float16 if kind == "tensor(float16)" else np.float32
 
 

@@ -98,6 +98,7 @@ def moe_graph(hidden: int, inter: int, num_experts: int, top_k: int, normalize: 
     """
     f = TensorProto.FLOAT
     w = TensorProto.FLOAT16 if half else f
+    x, logits, y = ("xh", "logitsh", "yh") if half else ("x", "logits", "y")      # what the operator reads, writes
     vi = helper.make_tensor_value_info
     const = helper.make_tensor
     nodes = [
@@ -106,13 +107,12 @@ def moe_graph(hidden: int, inter: int, num_experts: int, top_k: int, normalize: 
         helper.make_node("Constant", [], ["probs"], value=const("probs", TensorProto.INT64, [2], [-1, num_experts])),
         helper.make_node("Reshape", [naming.NORMED, "rows"], ["x"]),                   # [T, H]
         helper.make_node("Reshape", [naming.ROUTER_LOGITS, "probs"], ["logits"]),      # [T, E]
-        *([helper.make_node("Cast", ["x"], ["xh"], to=w), helper.make_node("Cast", ["logits"], ["logitsh"], to=w)]
+        *([helper.make_node("Cast", ["x"], [x], to=w), helper.make_node("Cast", ["logits"], [logits], to=w)]
           if half else []),
-        helper.make_node("MoE", ["xh", "logitsh", "w_gate_up", "", "w_down"] if half else
-                         ["x", "logits", "w_gate_up", "", "w_down"], ["yh" if half else "y"], domain="com.microsoft",
+        helper.make_node("MoE", [x, logits, "w_gate_up", "", "w_down"], [y], domain="com.microsoft",
                          k=top_k, activation_type="swiglu", swiglu_fusion=1, normalize_routing_weights=int(normalize),
                          activation_alpha=1.0, activation_beta=0.0, swiglu_limit=float("inf")),
-        *([helper.make_node("Cast", ["yh"], ["y"], to=f)] if half else []),
+        *([helper.make_node("Cast", [y], ["y"], to=f)] if half else []),
         helper.make_node("Reshape", ["y", "out"], [naming.FFN_OUT]),                   # [1, T, H]
     ]
     graph = helper.make_graph(

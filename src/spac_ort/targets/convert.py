@@ -81,9 +81,9 @@ def to_fp16(src: Path, dst: Path) -> None:
     """``src`` with its float tensors in fp16, its inputs and outputs kept fp32 (casts at
     the edges), written to ``dst`` with its weights in ``dst``.data; but a fused graph's KV
     cache (GroupQueryAttention's past and present, updated in place) becomes fp16: cast at
-    the edges, every call would copy the whole cache twice and the attention could not
-    share its buffer (on an H200 the fp16 attention then took 5.6 ms a call on the demo
-    model). TopK and the other operators ONNX Runtime's converter blocks stay fp32."""
+    the edges, every call would convert the whole cache twice and the attention could not
+    update it in place. TopK and the other operators ONNX Runtime's converter blocks stay
+    fp32."""
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     with _own_copy(src) as own:

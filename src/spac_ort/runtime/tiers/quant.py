@@ -20,6 +20,7 @@ from ...manifest_checks import EXPERT_BITS
 QUANT = {name: bits for name, bits in EXPERT_BITS.items() if bits is not None}   # --expert-quant choices (besides none)
 SAME = "same"            # --fast-quant's default: the fast tier holds experts at the CPU lane's precision
 FP16 = 16                # --fast-quant fp16: half-precision floats on the MoE operator (a fast tier only)
+_FLOATS = {"fp32": None, "fp16": FP16}      # --fast-quant's float precisions
 
 
 def bits_of(name: Optional[str]) -> Optional[int]:
@@ -34,8 +35,8 @@ def fast_bits(name: Optional[str]) -> "Optional[int] | str":
     """The fast tier's precision (``--fast-quant``): "same" (None: the CPU lane's), fp32, fp16, int8 or int4."""
     if name is None or name == SAME:
         return SAME
-    if name in ("fp32", "fp16"):
-        return None if name == "fp32" else FP16
+    if name in _FLOATS:
+        return _FLOATS[name]
     if name not in QUANT:
         raise ConfigError(f"unknown fast-tier precision '{name}'; use same, fp32, fp16, int8 or int4")
     return QUANT[name]
