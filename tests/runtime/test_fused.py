@@ -162,3 +162,38 @@ def test_the_cache_lives_on_the_gpu_only_with_fp16_graphs_on_cuda():
     assert kv_device(SimpleNamespace(target=TargetSpec("jetson", {})), cuda) is None          # fp32 graphs
     assert kv_device(SimpleNamespace(target=TargetSpec("android", {"a.onnx": "target/ort/a.ort"})), cuda) is None
     assert kv_device(SimpleNamespace(target=None), cuda) is None
+
+
+def test_attention_on_a_device_warms_every_width_and_keeps_the_tokens(demo_bundle, monkeypatch):
+    """Attention on a device (exercised on the CPU by placing the "device" buffers with the
+    CPU's allocator): the KV cache and the rotary tables are placed OrtValues, loading runs
+    the layer graphs and the draft once at every window width, and the tokens stay those of
+    the host path. Warming runs no experts and leaves no plan behind."""
+    import spac_ort.runtime.fused as fused
+    import spac_ort.runtime.loading as loading
+    from spac_ort.runtime import Generator
+
+    def generate():
+        with Generator.from_bundle(demo_bundle) as gen:
+            return list(gen.generate("def add(a, b):", max_new_tokens=24, stop_at_eos=False, draft_tokens=3)), gen
+
+    plain, _ = generate()
+    warmed: list = []
+    for cls in (fused.FusedBackbone, loading.FusedDraft):
+        original = cls.warm
+
+        def spy(self, widths, original=original):
+            experts_before = self.experts.calls() if hasattr(self, "experts") else 0
+            original(self, widths)
+            warmed.append((type(self).__name__, list(widths), getattr(self, "_plans", {}).copy(),
+                           (self.experts.calls() if hasattr(self, "experts") else 0) - experts_before))
+        monkeypatch.setattr(cls, "warm", spy)
+    monkeypatch.setattr(fused, "kv_device", lambda manifest, providers: "cpu")
+    monkeypatch.setattr(loading, "kv_device", lambda manifest, providers: "cpu")
+    tokens, gen = generate()
+    assert tokens == plain
+    assert [w[0] for w in warmed] == ["FusedBackbone", "FusedDraft"]
+    assert all(w[1] == list(loading.WARM_WIDTHS) and not w[2] and w[3] == 0 for w in warmed)
+    cache = gen.backbone.new_cache()
+    assert cache.device == "cpu" and not cache.keys
+    assert cache.capacity == gen.manifest.dims.max_positions == 2048      # one first capacity on a device

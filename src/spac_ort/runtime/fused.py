@@ -29,22 +29,28 @@ from .experts import ExpertBackend, MoEExperts
 from .rope import rope_tables
 from .routing import group_by_expert
 from .sampling import check_finite
-from .fused_kv import FusedKV, kv_device, kv_dtype, ortvalue
-from .sessions import CPU, Piece, bound_again, off_host
+from .fused_kv import FusedKV, first_capacity, kv_device, kv_dtype, ortvalue
+from .sessions import CPU, Piece, bound_again, off_host, ort
 
 CACHED_PLANS = 16       # windows up to this length keep their bindings
+WARM_PAST = 16          # positions before the window of a warm-up call (`FusedBackbone.warm`)
 
 
 class SharedInputs:
     """The inputs every fused attention graph of a model shares: the cache length after the
-    call (``seqlens_k`` = length - 1, ``total_sequence_length``) and the rotary tables."""
+    call (``seqlens_k`` = length - 1, ``total_sequence_length``) and the rotary tables.
+    ``device`` "cuda" (the attention runs there, `fused_kv.kv_device`): the tables live on
+    the GPU, placed once. In host memory a session off the host would copy them in at every
+    call: 0.17 ms of a 0.37 ms layer call at Qwen3-30B-A3B's size on the H200, 1.5 ms with
+    a table of 40960 positions (docs/benchmarks.md, section 8g)."""
 
-    def __init__(self, rope_theta: float, head_dim: int, positions: int):
+    def __init__(self, rope_theta: float, head_dim: int, positions: int, device: Optional[str] = None):
         self._seqlens = np.zeros(1, np.int32)
         self._total = np.zeros((), np.int32)
         cos, sin = rope_tables(rope_theta, head_dim, positions)
+        table = ortvalue if device is None else (lambda a: ort.OrtValue.ortvalue_from_numpy(a, device, 0))
         self.values = {naming.SEQLENS_K: ortvalue(self._seqlens), naming.TOTAL_LENGTH: ortvalue(self._total),
-                       naming.COS_CACHE: ortvalue(cos), naming.SIN_CACHE: ortvalue(sin)}
+                       naming.COS_CACHE: table(cos), naming.SIN_CACHE: table(sin)}
 
     def set_length(self, length: int) -> None:
         """The cache holds ``length`` positions once the call is done."""
@@ -102,16 +108,31 @@ class FusedBackbone(BackboneState):
             elif not moe:
                 self.dense[layer] = piece(naming.layer_piece(PieceKind.DENSE_MLP, layer), PieceKind.DENSE_MLP)
         d = manifest.dims
-        self._shared_inputs = SharedInputs(manifest.rope_theta, d.head_dim, d.max_positions)
+        self._kv_device = kv_device(manifest, providers)
+        self._shared_inputs = SharedInputs(manifest.rope_theta, d.head_dim, d.max_positions, self._kv_device)
         self._plans: dict[tuple[int, bool, bool], _Plan] = {}
         self._generation = -1
-        self._kv_device = kv_device(manifest, providers)
         self._kv_dtype = kv_dtype(self.layers[0].session, naming.PAST_KEY)
 
     def new_cache(self) -> FusedKV:
         d = self.m.dims
-        return FusedKV(d.num_layers, d.cache_heads, d.cache_key_dim, d.cache_value_dim, device=self._kv_device,
-                       dtype=self._kv_dtype)
+        return FusedKV(d.num_layers, d.cache_heads, d.cache_key_dim, d.cache_value_dim,
+                       first_capacity(self._kv_device, d.max_positions), self._kv_device, self._kv_dtype)
+
+    def warm(self, widths: Sequence[int]) -> None:
+        """Run each layer graph once at every window width in ``widths``, on a scratch cache;
+        nothing else runs (no experts, no observers, no timers). ONNX Runtime's CUDA
+        attention takes 40-60 ms on a session's first call at a width it has not run
+        (measured on the H200, docs/benchmarks.md section 8g); at load that is load time
+        instead of a stall in the middle of decoding."""
+        scratch = self.new_cache()
+        for t in widths:
+            scratch.reserve(WARM_PAST + t)
+            plan = self._build(t, True, False, scratch)
+            self._shared_inputs.set_length(WARM_PAST + t)
+            for name, step in plan.steps:
+                if name == "attention":
+                    step()
 
     # ---- one pass ------------------------------------------------------------------------
     def forward(self, ids: Sequence[int], cache: FusedKV, last_only: bool = True) -> np.ndarray:

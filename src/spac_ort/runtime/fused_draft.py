@@ -12,8 +12,8 @@ from .. import naming
 from ..errors import BundleError
 from ..manifest import DraftSpec
 from .draft import DraftShape
-from .fused import CACHED_PLANS, SharedInputs
-from .fused_kv import FusedKV, kv_dtype, ortvalue
+from .fused import CACHED_PLANS, WARM_PAST, SharedInputs
+from .fused_kv import FusedKV, first_capacity, kv_dtype, ortvalue
 from .sampling import check_finite
 from .sessions import CPU, Piece, bound_again, off_host
 
@@ -33,15 +33,26 @@ class FusedDraft:
                               f"{list(want)}; re-export the bundle")
         self.kv_dtype = kv_dtype(self.piece.session, naming.fused_draft_cache(0, naming.PAST_KEY))
         self.shape = DraftShape(n, spec.num_kv_heads, spec.head_dim, spec.vocab_size)
-        self.shared_inputs = SharedInputs(spec.rope_theta, spec.head_dim, min(spec.max_positions, _MAX_TABLE))
+        self.max_positions = min(spec.max_positions, _MAX_TABLE)
+        self.shared_inputs = SharedInputs(spec.rope_theta, spec.head_dim, self.max_positions, kv_device)
         self._plans: dict[int, _Plan] = {}
         self._generation = -1
         self.replay = None          # a runtime.tape.Replay: the draft's proposals from a recorded run
 
     def new_cache(self) -> FusedKV:
         s = self.shape
-        return FusedKV(s.num_layers, s.num_kv_heads, s.head_dim, s.head_dim, device=self.kv_device,
-                       dtype=self.kv_dtype)
+        return FusedKV(s.num_layers, s.num_kv_heads, s.head_dim, s.head_dim,
+                       first_capacity(self.kv_device, self.max_positions), self.kv_device, self.kv_dtype)
+
+    def warm(self, widths: Sequence[int]) -> None:
+        """Run the draft graph once at every step width in ``widths`` on a scratch cache (see
+        `FusedBackbone.warm`)."""
+        scratch = self.new_cache()
+        for t in widths:
+            scratch.length = WARM_PAST
+            scratch.reserve(WARM_PAST + t)
+            self.shared_inputs.set_length(WARM_PAST + t)
+            _Plan(self, t, scratch).run()
 
     def forward(self, ids: Sequence[int], cache: FusedKV) -> np.ndarray:
         """Feed T tokens after the cache; returns logits of the last one, [V]."""

@@ -29,6 +29,19 @@ def kv_device(manifest: Manifest, providers: Sequence[str]) -> Optional[str]:
     return "cuda" if half and len(providers) > 0 and providers[0] == CUDA else None
 
 
+HOST_POSITIONS = 256        # a host cache's first capacity; it doubles as it fills
+DEVICE_POSITIONS = 4096     # a device cache's first capacity (or the model's length, if shorter)
+
+
+def first_capacity(device: Optional[str], max_positions: int) -> int:
+    """The positions a new cache holds before it grows. On a device the cache's length is
+    part of the attention's shape, and ONNX Runtime's CUDA attention takes 40-110 ms on a
+    session's first call at each new (window width, cache length) pair (measured on the
+    H200, docs/benchmarks.md section 8g): one long first capacity keeps that to the widths
+    warmed at load. 4096 positions of Qwen3-30B-A3B's cache are 8 MB per layer in fp16."""
+    return HOST_POSITIONS if device is None else max(HOST_POSITIONS, min(max_positions, DEVICE_POSITIONS))
+
+
 def kv_dtype(session, name: str) -> type:  # type: ignore[no-untyped-def]
     """The element type of a fused graph's KV input ``name``: fp16 in a jetson bundle's fp16
     graphs (`targets.convert.to_fp16`), else fp32."""
@@ -44,7 +57,7 @@ class FusedKV:
     "cuda": the buffers are GPU allocations (``keys`` and ``values`` then stay empty).
     ``dtype``: the graphs' KV element type (`kv_dtype`)."""
 
-    def __init__(self, num_layers: int, heads: int, key_dim: int, value_dim: int, capacity: int = 256,
+    def __init__(self, num_layers: int, heads: int, key_dim: int, value_dim: int, capacity: int = HOST_POSITIONS,
                  device: Optional[str] = None, dtype: type = np.float32):
         self.dtype = dtype
         self.length = 0

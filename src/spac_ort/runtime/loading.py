@@ -21,6 +21,7 @@ from .fused_kv import kv_device
 from .sessions import provider_options
 from .config import TierConfig
 from .draft import DraftModel, find_graph
+from .draft_control import DraftControlConfig
 from .experts import ExpertBackend, resident_backend
 from .spac.policies import Policy, make_policy
 from .tiers.quant import bits_of, fast_bits
@@ -62,11 +63,28 @@ def load(path: Union[str, Path], *, verify: bool, draft: Optional[Union[str, Pat
             backbone = (FusedBackbone if manifest.graphs is Graphs.FUSED else Backbone)(bundle, manifest, backend,
                                                                                         providers)
             draft_model = _draft(bundle, manifest, draft, providers)
+            if kv_device(manifest, providers) is not None:
+                _warm(backbone, draft_model, progress)
         tok = Tokenizer(bundle / manifest.tokenizer) if manifest.tokenizer else None
     except BaseException:
         backend.close()
         raise
     return Parts(bundle, manifest, backbone, tok, draft_model, policy)
+
+
+WARM_WIDTHS = range(1, DraftControlConfig.max_k + 2)    # windows of K drafts + 1 for K up to auto's largest
+
+
+def _warm(backbone, draft, progress: Optional[Progress]) -> None:  # type: ignore[no-untyped-def]
+    """Attention on a device: every window width a decoding run uses, run once at load
+    (`FusedBackbone.warm`)."""
+    pieces = [p for p in (backbone, draft) if isinstance(p, (FusedBackbone, FusedDraft))]
+    for i, piece in enumerate(pieces):
+        if progress:
+            progress("warm up", i, len(pieces))
+        piece.warm(WARM_WIDTHS)
+    if progress:
+        progress("warm up", len(pieces), len(pieces))
 
 
 def target_provider_options(bundle: Path, manifest: Manifest) -> dict[str, dict[str, str]]:
