@@ -3,7 +3,8 @@ for the ways its inputs can be bound (on the device, or host buffers copied in a
 call), for rotary tables of the model's full length or trimmed, for a KV cache shared in
 place or not, and with flash attention turned off. The demo model's shapes and Qwen3-30B-A3B's.
 
-    python -m benchmarks.attention_check --out attention_check.json
+    python -m benchmarks.attention_check --out attention_check.json \
+        [--bundle fp32=demo-bundle --bundle fp16=demo-jetson] [--first-calls]
 
 Each variant runs in its own process (ONNX Runtime reads its attention options once).
 """
@@ -165,14 +166,9 @@ def _run(timed: Timed, calls: int) -> dict:
     return out
 
 
-def measure(shape: str, variant: str, calls: int) -> dict:
-    import onnxruntime as ort
-    heads, kv, hd = SHAPES[shape]
-    on_device, rows, cast_tables, shared, _ = VARIANTS[variant]
-    session = ort.InferenceSession(gqa_model(heads, kv, hd, cast_tables).SerializeToString(),
-                                   providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
+def _node_inputs(heads: int, kv: int, hd: int, cos: np.ndarray, sin: np.ndarray):  # type: ignore[no-untyped-def]
+    """The node's inputs for a window of T tokens (random q, k, v; the lengths set per call)."""
     rng = np.random.default_rng(0)
-    cos, sin = _tables(rows, hd, np.float32 if cast_tables else np.float16)
 
     def make(t: int) -> dict:
         return {"q": rng.standard_normal((1, t, heads * hd)).astype(np.float16),
@@ -180,8 +176,47 @@ def measure(shape: str, variant: str, calls: int) -> dict:
                 "v": rng.standard_normal((1, t, kv * hd)).astype(np.float16),
                 "seqlens_k": np.zeros(1, np.int32), "total_sequence_length": np.zeros((), np.int32),
                 "cos_cache": cos, "sin_cache": sin}
-    device = frozenset({"q", "k", "v", "seqlens_k", "cos_cache", "sin_cache"} if on_device else ())
+    return make
+
+
+def measure(shape: str, variant: str, calls: int) -> dict:
+    import onnxruntime as ort
+    heads, kv, hd = SHAPES[shape]
+    on_device, rows, cast_tables, shared, _ = VARIANTS[variant]
+    session = ort.InferenceSession(gqa_model(heads, kv, hd, cast_tables).SerializeToString(),
+                                   providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
+    cos, sin = _tables(rows, hd, np.float32 if cast_tables else np.float16)
+
+    make = _node_inputs(heads, kv, hd, cos, sin)
+    device = frozenset({"q", "k", "v", "cos_cache", "sin_cache"} if on_device else ())   # lengths: per call
     return _run(Timed(session, make, device, _cache(ort, kv, hd, np.float16), shared), calls)
+
+
+def first_calls() -> dict:
+    """Whether a new width's first-call cost belongs to the session, the process or the KV
+    cache's length: two sessions of the fp16 node (Qwen3-30B-A3B's shapes), widths 1-4; then
+    one session over new caches of 512, 512, 300, 1024, 512 and 300 positions, widths 1-3."""
+    import onnxruntime as ort
+    heads, kv, hd = SHAPES["qwen3-30b-a3b"]
+    cos, sin = _tables(4096, hd, np.float16)
+
+    make = _node_inputs(heads, kv, hd, cos, sin)
+    model = gqa_model(heads, kv, hd, False).SerializeToString()
+    device = frozenset({"q", "k", "v", "cos_cache", "sin_cache"})
+
+    def session():  # type: ignore[no-untyped-def]
+        return ort.InferenceSession(model, providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
+
+    def cache(positions: int) -> dict:
+        return {n: ort.OrtValue.ortvalue_from_numpy(np.zeros((1, kv, positions, hd), np.float16), "cuda", 0)
+                for n in ("past_key", "past_value")}
+    a, b = Timed(session(), make, device, cache(CAPACITY)), Timed(session(), make, device, cache(CAPACITY))
+    per_session = {"A": a.new_shapes(PAST, range(1, 5)), "B": b.new_shapes(PAST, range(1, 5)),
+                   "A_again": a.new_shapes(PAST + 20, range(1, 5))}
+    one = session()
+    per_length = [[n, Timed(one, make, device, cache(n)).new_shapes(PAST, range(1, 4))]
+                  for n in (512, 512, 300, 1024, 512, 300)]
+    return {"per_session": per_session, "per_cache_length": per_length}
 
 
 def measure_layer(bundle: str, where: str, calls: int) -> dict:
@@ -217,6 +252,8 @@ def main() -> None:
     p.add_argument("--bundle", action="append", default=[], metavar="NAME=PATH",
                    help="also time this bundle's first layer graph, or the graph at PATH:GRAPH with the "
                         "bundle's dimensions (repeatable)")
+    p.add_argument("--first-calls", action="store_true",
+                   help="also time first calls per session and per KV cache length")
     p.add_argument("--one", nargs=2, metavar=("SHAPE", "VARIANT"), help=argparse.SUPPRESS)
     p.add_argument("--layer", nargs=2, metavar=("BUNDLE", "WHERE"), help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -236,6 +273,12 @@ def main() -> None:
                else {"error": proc.stderr.strip().splitlines()[-1:]})
         report["results"][key] = row
         print(f"{key:40s} {row}", flush=True)
+    if args.first_calls:
+        proc = subprocess.run([sys.executable, "-c", "import json, benchmarks.attention_check as a; "
+                               "print(json.dumps(a.first_calls()))"], capture_output=True, text=True)
+        report["first_calls"] = (json.loads(proc.stdout.strip().splitlines()[-1]) if proc.returncode == 0
+                                 else {"error": proc.stderr.strip().splitlines()[-1:]})
+        print(f"first calls: {report['first_calls']}", flush=True)
     with open(args.out, "w") as f:
         json.dump(report, f, indent=1)
 
