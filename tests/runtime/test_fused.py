@@ -162,6 +162,9 @@ def test_the_cache_lives_on_the_gpu_only_with_fp16_graphs_on_cuda():
     assert kv_device(SimpleNamespace(target=TargetSpec("jetson", {})), cuda) is None          # fp32 graphs
     assert kv_device(SimpleNamespace(target=TargetSpec("android", {"a.onnx": "target/ort/a.ort"})), cuda) is None
     assert kv_device(SimpleNamespace(target=None), cuda) is None
+    # TensorRT has no kernel for the fused attention: under (TensorRT, CUDA, CPU) it runs on CUDA
+    assert kv_device(jetson16, ("TensorrtExecutionProvider", *cuda)) == "cuda"
+    assert kv_device(jetson16, ("TensorrtExecutionProvider", "CPUExecutionProvider")) is None
 
 
 def test_attention_on_a_device_warms_every_width_and_keeps_the_tokens(demo_bundle, monkeypatch):

@@ -11,7 +11,7 @@ import numpy as np
 
 from ..errors import BundleError
 from ..manifest import Manifest
-from .sessions import CUDA, ort
+from .sessions import CUDA, TENSORRT, ort
 
 _BUFFER_SETS = itertools.count(1)
 
@@ -23,10 +23,12 @@ def ortvalue(arr: np.ndarray):  # type: ignore[no-untyped-def]
 
 def kv_device(manifest: Manifest, providers: Sequence[str]) -> Optional[str]:
     """Where a fused model's KV cache lives: "cuda" when its attention runs on the GPU (the
-    fp16 session graphs of a jetson bundle on the CUDA provider; the fp32 fused attention
-    has no CUDA kernel and runs on the CPU), else None: host memory."""
+    fp16 session graphs of a jetson bundle under the CUDA provider, or under TensorRT ahead
+    of CUDA: TensorRT has no kernel for the fused attention, which falls to CUDA; the fp32
+    fused attention has no CUDA kernel and runs on the CPU), else None: host memory."""
     half = manifest.target is not None and manifest.target.half_precision
-    return "cuda" if half and len(providers) > 0 and providers[0] == CUDA else None
+    first = [p for p in providers if p != TENSORRT]
+    return "cuda" if half and len(first) > 0 and first[0] == CUDA else None
 
 
 HOST_POSITIONS = 256        # a host cache's first capacity; it doubles as it fills

@@ -13,12 +13,12 @@ from __future__ import annotations
 from typing import Sequence
 
 from ..errors import ConfigError
-from .sessions import CPU, CUDA, ort
+from .sessions import CPU, CUDA, TENSORRT, ort
 
 PROVIDERS = {
     "cpu": CPU,
     "cuda": CUDA,
-    "tensorrt": "TensorrtExecutionProvider",
+    "tensorrt": TENSORRT,
     "xnnpack": "XnnpackExecutionProvider",
     "nnapi": "NnapiExecutionProvider",
     "qnn": "QNNExecutionProvider",

@@ -23,6 +23,7 @@ ORT_ERRORS: tuple[type[Exception], ...] = tuple(
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
+TENSORRT = "TensorrtExecutionProvider"
 
 
 FAST_PROVIDERS = ("cpu", "cuda")      # --fast-provider choices
