@@ -152,7 +152,7 @@ def test_a_cache_held_as_device_allocations_decodes_the_same(demo_bundle, monkey
 def test_the_cache_lives_on_the_gpu_only_with_fp16_graphs_on_cuda():
     from types import SimpleNamespace
 
-    from spac_ort.runtime.fused_kv import kv_device
+    from spac_ort.runtime.fused_kv import first_capacity, kv_device
     from spac_ort.target_spec import TargetSpec
 
     cuda = ("CUDAExecutionProvider", "CPUExecutionProvider")
@@ -163,6 +163,8 @@ def test_the_cache_lives_on_the_gpu_only_with_fp16_graphs_on_cuda():
     assert kv_device(SimpleNamespace(target=TargetSpec("android", {"a.onnx": "target/ort/a.ort"})), cuda) is None
     assert kv_device(SimpleNamespace(target=None), cuda) is None
     # TensorRT has no kernel for the fused attention: under (TensorRT, CUDA, CPU) it runs on CUDA
+    assert (first_capacity(None, 40960), first_capacity("cuda", 40960), first_capacity("cuda", 2048)) == (256, 4096, 2048)
+    assert first_capacity("cuda", 128) == 256
     assert kv_device(jetson16, ("TensorrtExecutionProvider", *cuda)) == "cuda"
     assert kv_device(jetson16, ("TensorrtExecutionProvider", "CPUExecutionProvider")) is None
 

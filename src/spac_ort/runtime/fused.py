@@ -122,7 +122,7 @@ class FusedBackbone(BackboneState):
     def warm(self, widths: Sequence[int]) -> None:
         """Run each layer graph once at every window width in ``widths``, on a scratch cache;
         nothing else runs (no experts, no observers, no timers). ONNX Runtime's CUDA
-        attention takes 40-60 ms on a session's first call at a width it has not run
+        attention takes 40-110 ms on a session's first call at a width it has not run
         (measured on the H200, docs/benchmarks.md section 8g); at load that is load time
         instead of a stall in the middle of decoding."""
         scratch = self.new_cache()
