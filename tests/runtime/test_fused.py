@@ -202,3 +202,17 @@ def test_attention_on_a_device_warms_every_width_and_keeps_the_tokens(demo_bundl
     cache = gen.backbone.new_cache()
     assert cache.device == "cpu" and not cache.keys
     assert cache.capacity == gen.manifest.dims.max_positions == 2048      # one first capacity on a device
+
+
+def test_the_report_keeps_prefill_piece_times_apart(demo_bundle):
+    """piece_seconds cover prefill and decoding; prefill_piece_seconds the prefill alone, so
+    decoding's share (what benchmarks report per token) is their difference."""
+    from spac_ort.runtime import Generator
+
+    with Generator.from_bundle(demo_bundle) as gen:
+        list(gen.generate("def add(a, b):", max_new_tokens=12, stop_at_eos=False, draft_tokens=3))
+        r = gen.report
+    assert {"embed", "attention", "head", "draft"} <= set(r.prefill_piece_seconds)
+    assert all(0 < r.prefill_piece_seconds[k] <= r.piece_seconds[k] for k in r.prefill_piece_seconds)
+    assert r.piece_seconds["attention"] > r.prefill_piece_seconds["attention"]     # decoding ran the layers too
+    assert r.to_dict()["prefill_piece_seconds"] == r.prefill_piece_seconds

@@ -227,6 +227,7 @@ class Generator:
             bb.timers.add("draft", perf_counter() - t_draft)
         self._record("prefill", len(seq), pending)          # observers' work (e.g. a warm start) counts too
         report.prefill_seconds = perf_counter() - t0
+        report.prefill_piece_seconds = dict(bb.timers.seconds)
         report.stop_reason = "max_new_tokens"
         try:
             yield from self._decode(seq, pending, (cache, dcache), max_new, limit, eos, sampling, rng, control,

@@ -32,7 +32,8 @@ class RunReport:
     prefill_seconds: float = 0.0
     decode_seconds: float = 0.0
     stop_reason: str = ""
-    piece_seconds: dict[str, float] = field(default_factory=dict)
+    piece_seconds: dict[str, float] = field(default_factory=dict)              # prefill and decoding
+    prefill_piece_seconds: dict[str, float] = field(default_factory=dict)      # ... of which prefill
     piece_calls: dict[str, int] = field(default_factory=dict)
     speculative: bool = False
     draft_tokens: int = 0          # K, or the largest K auto may pick
