@@ -154,8 +154,8 @@ def _tables(rows: int, hd: int, dtype) -> tuple[np.ndarray, np.ndarray]:
     return np.cos(angles).astype(dtype), np.sin(angles).astype(dtype)
 
 
-def _cache(ort, kv: int, hd: int, dtype) -> dict:  # type: ignore[no-untyped-def]
-    return {n: ort.OrtValue.ortvalue_from_numpy(np.zeros((1, kv, CAPACITY, hd), dtype), "cuda", 0)
+def _cache(ort, kv: int, hd: int, dtype, positions: int = CAPACITY) -> dict:  # type: ignore[no-untyped-def]
+    return {n: ort.OrtValue.ortvalue_from_numpy(np.zeros((1, kv, positions, hd), dtype), "cuda", 0)
             for n in ("past_key", "past_value")}
 
 
@@ -208,8 +208,7 @@ def first_calls() -> dict:
         return ort.InferenceSession(model, providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
 
     def cache(positions: int) -> dict:
-        return {n: ort.OrtValue.ortvalue_from_numpy(np.zeros((1, kv, positions, hd), np.float16), "cuda", 0)
-                for n in ("past_key", "past_value")}
+        return _cache(ort, kv, hd, np.float16, positions)
     a, b = Timed(session(), make, device, cache(CAPACITY)), Timed(session(), make, device, cache(CAPACITY))
     per_session = {"A": a.new_shapes(PAST, range(1, 5)), "B": b.new_shapes(PAST, range(1, 5)),
                    "A_again": a.new_shapes(PAST + 20, range(1, 5))}

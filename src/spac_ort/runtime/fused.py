@@ -30,7 +30,7 @@ from .rope import rope_tables
 from .routing import group_by_expert
 from .sampling import check_finite
 from .fused_kv import FusedKV, first_capacity, kv_device, kv_dtype, ortvalue
-from .sessions import CPU, Piece, bound_again, off_host, ort
+from .sessions import CPU, Piece, bound_again, off_host
 
 CACHED_PLANS = 16       # windows up to this length keep their bindings
 WARM_PAST = 16          # positions before the window of a warm-up call (`FusedBackbone.warm`)
@@ -48,9 +48,8 @@ class SharedInputs:
         self._seqlens = np.zeros(1, np.int32)
         self._total = np.zeros((), np.int32)
         cos, sin = rope_tables(rope_theta, head_dim, positions)
-        table = ortvalue if device is None else (lambda a: ort.OrtValue.ortvalue_from_numpy(a, device, 0))
         self.values = {naming.SEQLENS_K: ortvalue(self._seqlens), naming.TOTAL_LENGTH: ortvalue(self._total),
-                       naming.COS_CACHE: table(cos), naming.SIN_CACHE: table(sin)}
+                       naming.COS_CACHE: ortvalue(cos, device), naming.SIN_CACHE: ortvalue(sin, device)}
 
     def set_length(self, length: int) -> None:
         """The cache holds ``length`` positions once the call is done."""

@@ -49,7 +49,6 @@ class FusedDraft:
         `FusedBackbone.warm`)."""
         scratch = self.new_cache()
         for t in widths:
-            scratch.length = WARM_PAST
             scratch.reserve(WARM_PAST + t)
             self.shared_inputs.set_length(WARM_PAST + t)
             _Plan(self, t, scratch).run()

@@ -16,9 +16,12 @@ from .sessions import CUDA, TENSORRT, ort
 _BUFFER_SETS = itertools.count(1)
 
 
-def ortvalue(arr: np.ndarray):  # type: ignore[no-untyped-def]
-    """An OrtValue over ``arr``'s memory (it keeps ``arr`` alive)."""
-    return ort.OrtValue.ortvalue_from_numpy(arr)
+def ortvalue(arr: np.ndarray, device: Optional[str] = None):  # type: ignore[no-untyped-def]
+    """An OrtValue over ``arr``'s memory (it keeps ``arr`` alive), or with ``device`` (e.g.
+    "cuda") a copy of ``arr`` placed there."""
+    if device is None:
+        return ort.OrtValue.ortvalue_from_numpy(arr)
+    return ort.OrtValue.ortvalue_from_numpy(arr, device, 0)
 
 
 def kv_device(manifest: Manifest, providers: Sequence[str]) -> Optional[str]:
@@ -87,10 +90,8 @@ class FusedKV:
         self.capacity = cap
         if self.device is None:
             self.keys, self.values = keys, values
-            self.key_values, self.value_values = [ortvalue(k) for k in keys], [ortvalue(v) for v in values]
-        else:
-            place = (lambda a: ort.OrtValue.ortvalue_from_numpy(a, self.device, 0))    # noqa: E731
-            self.key_values, self.value_values = [place(k) for k in keys], [place(v) for v in values]
+        self.key_values = [ortvalue(k, self.device) for k in keys]
+        self.value_values = [ortvalue(v, self.device) for v in values]
         self.generation = next(_BUFFER_SETS)
 
     def bind(self, binding, layer: int, names: tuple[str, str, str, str]) -> None:  # type: ignore[no-untyped-def]

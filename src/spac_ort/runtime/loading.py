@@ -62,8 +62,9 @@ def load(path: Union[str, Path], *, verify: bool, draft: Optional[Union[str, Pat
         with provider_options(target_provider_options(bundle, manifest)):
             backbone = (FusedBackbone if manifest.graphs is Graphs.FUSED else Backbone)(bundle, manifest, backend,
                                                                                         providers)
-            draft_model = _draft(bundle, manifest, draft, providers)
-            if kv_device(manifest, providers) is not None:
+            device = kv_device(manifest, providers)
+            draft_model = _draft(bundle, manifest, draft, providers, device)
+            if device is not None:
                 _warm(backbone, draft_model, progress)
         tok = Tokenizer(bundle / manifest.tokenizer) if manifest.tokenizer else None
     except BaseException:
@@ -125,13 +126,12 @@ def _tiered(bundle: Path, manifest: Manifest, policy: Policy, tiers: TierConfig)
                          fast_bits(tiers.fast_quant))
 
 
-def _draft(bundle: Path, manifest: Manifest, directory: Optional[Union[str, Path]],
-           providers: Sequence[str]) -> Optional[Union[DraftModel, FusedDraft]]:
+def _draft(bundle: Path, manifest: Manifest, directory: Optional[Union[str, Path]], providers: Sequence[str],
+           device: Optional[str]) -> Optional[Union[DraftModel, FusedDraft]]:
     if directory is not None:
         model = DraftModel(find_graph(Path(directory)), providers)
     elif manifest.draft is not None and manifest.draft.graphs is Graphs.FUSED:
-        model = FusedDraft(bundle / manifest.session_graph(manifest.draft.graph), manifest.draft, providers,
-                           kv_device(manifest, providers))
+        model = FusedDraft(bundle / manifest.session_graph(manifest.draft.graph), manifest.draft, providers, device)
     elif manifest.draft is not None:
         model = DraftModel(bundle / manifest.session_graph(manifest.draft.graph), providers)
     else:
