@@ -13,7 +13,8 @@
         --draft-tokens 4 --out docs/results/realsize_h200.json
 
 Prints a table (tokens/s, speedups, hit rate, accepted drafts per window, MB moved to the
-fast tier per token, whether every replay reproduced its tape) and writes JSON.
+fast tier per token, the median prompt's prefill time, whether every replay reproduced its
+tape) and writes JSON.
 """
 
 from __future__ import annotations
@@ -108,7 +109,7 @@ def _policy_run(bundle: Path, policy: str, tapes: list, args: argparse.Namespace
             rows.append({"domain": tape.domain, "tokens_per_s": r.tokens_per_second, "hit_rate": tiers.get("hit_rate"),
                          "mb_to_fast_per_token": tiers.get("bytes_to_fast_per_token", 0.0) / 1e6,
                          "accepted_per_window": r.mean_accepted, "speculative": r.speculative,
-                         "decode_s": r.decode_seconds, "new_tokens": r.new_tokens,
+                         "decode_s": r.decode_seconds, "new_tokens": r.new_tokens, "prefill_s": r.prefill_seconds,
                          "fast_share": tiers.get("fast_share"), "fetch_fallbacks": tiers.get("fetch_fallbacks"),
                          "fetches": (tiers.get("fetches_on_demand", 0) or 0) + (tiers.get("fetches_prefetch", 0) or 0)})
     tokens = sum(r["new_tokens"] - 1 for r in rows)
@@ -118,6 +119,7 @@ def _policy_run(bundle: Path, policy: str, tapes: list, args: argparse.Namespace
             "hit_rate": statistics.mean(hits) if hits else None,
             "accepted_per_window": statistics.mean(r["accepted_per_window"] for r in rows),
             "mb_to_fast_per_token": statistics.mean(r["mb_to_fast_per_token"] for r in rows),
+            "prefill_ms_median": 1e3 * statistics.median(r["prefill_s"] for r in rows),
             "ms_per_token_by_piece": {k: v * 1e3 / tokens for k, v in sorted(pieces.items(), key=lambda kv: -kv[1])},
             "decode_ms_per_token_by_piece": {k: v * 1e3 / tokens for k, v in
                                              sorted(decoding.items(), key=lambda kv: -kv[1])},
@@ -145,9 +147,10 @@ def run_cmd(args: argparse.Namespace) -> None:
     for p, r in results.items():
         rows.append([p, r["tokens_per_s"], _ratio(rate[p], rate.get("sd-static")), _ratio(rate[p], mean_base),
                      _ratio(rate[p], rate.get("resident")), "-" if r["hit_rate"] is None else f"{r['hit_rate']:.1%}",
-                     r["accepted_per_window"], r["mb_to_fast_per_token"], f"{r['reproduced']}/{r['tapes']}"])
+                     r["accepted_per_window"], r["mb_to_fast_per_token"], r["prefill_ms_median"],
+                     f"{r['reproduced']}/{r['tapes']}"])
     print(table(["policy", "tok/s", "x sd-static", "x baseline mean", "x resident", "hit rate", "accepted/window",
-                 "MB to fast/token", "tapes reproduced"], rows))
+                 "MB to fast/token", "prefill ms (median)", "tapes reproduced"], rows))
     out = {"machine": machine(), "bundle": str(args.bundle), "layers": m.dims.num_layers,
            "hidden": m.dims.hidden_size, "experts": m.dims.num_experts, "expert_intermediate": m.dims.expert_intermediate,
            "fast_provider": args.fast_provider, "backbone_provider": args.backbone_provider, "fast_budget": args.fast_budget, "draft_tokens": args.draft_tokens,

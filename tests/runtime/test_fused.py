@@ -173,35 +173,60 @@ def test_attention_on_a_device_warms_every_width_and_keeps_the_tokens(demo_bundl
     """Attention on a device (exercised on the CPU by placing the "device" buffers with the
     CPU's allocator): the KV cache and the rotary tables are placed OrtValues, loading runs
     the layer graphs and the draft once at every window width, and the tokens stay those of
-    the host path. Warming runs no experts and leaves no plan behind."""
+    the host path. Warming runs no experts and leaves no plan behind. A prompt wider than a
+    window runs as pieces of warmed widths or powers of two, in the target and the draft."""
     import spac_ort.runtime.fused as fused
     import spac_ort.runtime.loading as loading
-    from spac_ort.runtime import Generator
+    from spac_ort.runtime import Generator, widths
+
+    prompt = "def add(a, b):\n    return a + b\n\n\ndef mul(a, b):\n    # multiply two numbers\n"
 
     def generate():
         with Generator.from_bundle(demo_bundle) as gen:
-            return list(gen.generate("def add(a, b):", max_new_tokens=24, stop_at_eos=False, draft_tokens=3)), gen
+            n = len(gen.encode(prompt))
+            assert n > 2 * widths.DECODE[-1] and n & (n - 1)       # not itself a width the pieces use
+            return list(gen.generate(prompt, max_new_tokens=24, stop_at_eos=False, draft_tokens=3)), gen
 
     plain, _ = generate()
     warmed: list = []
     for cls in (fused.FusedBackbone, loading.FusedDraft):
         original = cls.warm
 
-        def spy(self, widths, original=original):
+        def spy(self, ws, original=original):
             experts_before = self.experts.calls() if hasattr(self, "experts") else 0
-            original(self, widths)
-            warmed.append((type(self).__name__, list(widths), getattr(self, "_plans", {}).copy(),
+            original(self, ws)
+            warmed.append((type(self).__name__, list(ws), getattr(self, "_plans", {}).copy(),
                            (self.experts.calls() if hasattr(self, "experts") else 0) - experts_before))
         monkeypatch.setattr(cls, "warm", spy)
+    fed: list = []
+    for cls, name in ((fused.FusedBackbone, "_forward"), (loading.FusedDraft, "_feed")):
+        def feed(self, ids, cache, *rest, original=getattr(cls, name)):
+            fed.append(len(ids))
+            return original(self, ids, cache, *rest)
+        monkeypatch.setattr(cls, name, feed)
     monkeypatch.setattr(fused, "kv_device", lambda manifest, providers: "cpu")
     monkeypatch.setattr(loading, "kv_device", lambda manifest, providers: "cpu")
     tokens, gen = generate()
     assert tokens == plain
     assert [w[0] for w in warmed] == ["FusedBackbone", "FusedDraft"]
-    assert all(w[1] == list(loading.WARM_WIDTHS) and not w[2] and w[3] == 0 for w in warmed)
+    assert all(w[1] == list(widths.DECODE) and not w[2] and w[3] == 0 for w in warmed)
+    powers = {1 << i for i in range(4, 16)}
+    assert all(n in widths.DECODE or n in powers for n in fed) and max(fed) >= 16
     cache = gen.backbone.new_cache()
     assert cache.device == "cpu" and not cache.keys
     assert cache.capacity == gen.manifest.dims.max_positions == 2048      # one first capacity on a device
+
+
+def test_a_long_feed_runs_as_warmed_widths_and_powers_of_two():
+    from spac_ort.runtime.widths import DECODE, pieces
+
+    assert pieces(198) == [128, 64, 6] and pieces(11) == [9, 2] and pieces(5) == [5] and pieces(16) == [16]
+    assert pieces(31) == [16, 9, 6] and pieces(4096) == [4096]
+    for n in range(1, 700):
+        got = pieces(n)
+        assert sum(got) == n and got == sorted(got, reverse=True)
+        assert all(p in DECODE or (p >= 16 and p & (p - 1) == 0) for p in got)
+        assert len(got) <= n.bit_length() + 1
 
 
 def test_the_report_keeps_prefill_piece_times_apart(demo_bundle):
@@ -216,3 +241,22 @@ def test_the_report_keeps_prefill_piece_times_apart(demo_bundle):
     assert all(0 < r.prefill_piece_seconds[k] <= r.piece_seconds[k] for k in r.prefill_piece_seconds)
     assert r.piece_seconds["attention"] > r.prefill_piece_seconds["attention"]     # decoding ran the layers too
     assert r.to_dict()["prefill_piece_seconds"] == r.prefill_piece_seconds
+
+
+def test_greedy_decoding_off_the_host_uses_the_full_head(demo_bundle, monkeypatch):
+    """The 8-bit screen is for the host; where the head runs on a device (forced here: every
+    session counts as off the host, so inputs are bound again before each call) greedy
+    decoding takes the argmax of the full head, and gives the same tokens."""
+    import spac_ort.runtime.fused as fused
+    from spac_ort.runtime import Generator
+
+    def run():
+        with Generator.from_bundle(demo_bundle) as gen:
+            out = list(gen.generate("def add(a, b):", max_new_tokens=16, stop_at_eos=False))
+            return out, gen.backbone.final_greedy, gen.report.piece_calls["head"]
+
+    screened, greedy_piece, _ = run()
+    assert greedy_piece is not None
+    monkeypatch.setattr(fused, "off_host", lambda session: True)
+    tokens, greedy_piece, head_calls = run()
+    assert tokens == screened and greedy_piece is None and head_calls > 0

@@ -31,6 +31,7 @@ from .routing import group_by_expert
 from .sampling import check_finite
 from .fused_kv import FusedKV, first_capacity, kv_device, kv_dtype, ortvalue
 from .sessions import CPU, Piece, bound_again, off_host
+from . import widths
 
 CACHED_PLANS = 16       # windows up to this length keep their bindings
 WARM_PAST = 16          # positions before the window of a warm-up call (`FusedBackbone.warm`)
@@ -92,7 +93,10 @@ class FusedBackbone(BackboneState):
         piece = lambda rel, kind: open_piece(bundle, manifest, rel, kind, providers)   # noqa: E731
         self.embed = piece(naming.EMBED, PieceKind.EMBED)
         self.final = piece(naming.FINAL, PieceKind.FINAL)
-        screened = manifest.head_quant == "none"
+        # greedy decoding on the host screens with an 8-bit head (export/fused_head.py); on a
+        # device the full head is one call, faster than the screen (0.47 against 0.92 ms on
+        # the H200, docs/benchmarks.md section 8h)
+        screened = manifest.head_quant == "none" and not off_host(self.final.session)
         self.final_greedy = piece(naming.FINAL_GREEDY, PieceKind.FINAL_GREEDY) if screened else None
         self.replay = None          # a runtime.tape.Replay: routing and tokens from a recorded run
         self.layers: list[Piece] = []
@@ -135,7 +139,17 @@ class FusedBackbone(BackboneState):
 
     # ---- one pass ------------------------------------------------------------------------
     def forward(self, ids: Sequence[int], cache: FusedKV, last_only: bool = True) -> np.ndarray:
-        """Run T new tokens; returns logits [T, V] (or [1, V] with ``last_only``)."""
+        """Run T new tokens; returns logits [T, V] (or [1, V] with ``last_only``). With the
+        attention on a device, a feed of last logits only runs as `widths.pieces`."""
+        if self._kv_device is not None and last_only and len(ids) > widths.DECODE[-1]:
+            done = 0
+            for n in widths.pieces(len(ids)):
+                logits = self._forward(ids[done:done + n], cache, True)
+                done += n
+            return logits
+        return self._forward(ids, cache, last_only)
+
+    def _forward(self, ids: Sequence[int], cache: FusedKV, last_only: bool) -> np.ndarray:
         t = len(ids)
         start = self._start = cache.length
         cache.reserve(start + t)
@@ -234,8 +248,9 @@ class FusedBackbone(BackboneState):
         plan.values.extend(inputs.values())
         run, raw = session._sess.run_with_iobinding, b._iobinding
         call = lambda: run(raw, None)        # noqa: E731  (the binding's C++ call, without the wrapper)
-        if off_host(session):
-            kv = (lambda: plan.cache.bind(b, kv_layer, naming.KV_NAMES)) if kv_layer is not None else None
+        if off_host(session):         # a host cache is bound again (`bound_again`); one on the device is not
+            kv = (lambda: plan.cache.bind(b, kv_layer, naming.KV_NAMES)) if kv_layer is not None \
+                and self._kv_device is None else None
             call = bound_again(call, b, inputs, kv)
         plan.values.append(b)
         if step:

@@ -16,6 +16,7 @@ from .fused import CACHED_PLANS, WARM_PAST, SharedInputs
 from .fused_kv import FusedKV, first_capacity, kv_dtype, ortvalue
 from .sampling import check_finite
 from .sessions import CPU, Piece, bound_again, off_host
+from . import widths
 
 _MAX_TABLE = 1 << 17       # rotary table rows (positions) at most
 
@@ -54,7 +55,20 @@ class FusedDraft:
             _Plan(self, t, scratch).run()
 
     def forward(self, ids: Sequence[int], cache: FusedKV) -> np.ndarray:
-        """Feed T tokens after the cache; returns logits of the last one, [V]."""
+        """Feed T tokens after the cache; returns logits of the last one, [V]. With the
+        cache on a device, a feed wider than a decoding window runs as `widths.pieces`."""
+        steps = widths.pieces(len(ids)) if self.kv_device is not None and len(ids) > widths.DECODE[-1] else [len(ids)]
+        done = 0
+        for t in steps:
+            plan = self._feed(ids[done:done + t], cache)
+            done += t
+        out = plan.logits[0, 0].copy()                                               # [V]
+        check_finite(out, "draft model", cache.length)
+        if self.replay is not None:
+            self.replay.draft(out, cache.length)
+        return out
+
+    def _feed(self, ids: Sequence[int], cache: FusedKV) -> "_Plan":
         t, p = len(ids), cache.length
         cache.reserve(p + t)
         plan = self._plan(t, cache)
@@ -62,11 +76,7 @@ class FusedDraft:
         self.shared_inputs.set_length(p + t)
         plan.run()
         cache.length = p + t
-        out = plan.logits[0, 0].copy()                                               # [V]
-        check_finite(out, "draft model", p + t)
-        if self.replay is not None:
-            self.replay.draft(out, p + t)
-        return out
+        return plan
 
     def _plan(self, t: int, cache: FusedKV) -> "_Plan":
         if cache.generation != self._generation:           # another cache, or its buffers moved
@@ -98,7 +108,8 @@ class _Plan:
         run, raw = session._sess.run_with_iobinding, b._iobinding
         self._call = lambda: run(raw, None)    # noqa: E731  (the binding's C++ call)
         if off_host(session):                  # a device session copies inputs when they are bound
-            self._call = bound_again(self._call, b, inputs, lambda: self.rebind(self.cache))
+            kv = (lambda: self.rebind(self.cache)) if draft.kv_device is None else None    # a device cache is read in place
+            self._call = bound_again(self._call, b, inputs, kv)
 
     def rebind(self, cache: FusedKV) -> None:
         """Bind ``cache``'s buffers as every layer's past and present key/value."""

@@ -21,12 +21,12 @@ from .fused_kv import kv_device
 from .sessions import provider_options
 from .config import TierConfig
 from .draft import DraftModel, find_graph
-from .draft_control import DraftControlConfig
 from .experts import ExpertBackend, resident_backend
 from .spac.policies import Policy, make_policy
 from .tiers.quant import bits_of, fast_bits
 from .tiers.tiered import TieredExperts
 from .tokenizer import Tokenizer
+from . import widths
 
 Progress = Callable[[str, int, int], None]
 
@@ -64,8 +64,9 @@ def load(path: Union[str, Path], *, verify: bool, draft: Optional[Union[str, Pat
                                                                                         providers)
             device = kv_device(manifest, providers)
             draft_model = _draft(bundle, manifest, draft, providers, device)
-            if device is not None:
-                _warm(backbone, draft_model, progress)
+            attention = (backbone, draft_model) if device is not None else ()
+            _warm([p for p in attention if isinstance(p, (FusedBackbone, FusedDraft))]
+                  + ([backend] if getattr(backend, "on_device", False) else []), progress)
         tok = Tokenizer(bundle / manifest.tokenizer) if manifest.tokenizer else None
     except BaseException:
         backend.close()
@@ -73,17 +74,16 @@ def load(path: Union[str, Path], *, verify: bool, draft: Optional[Union[str, Pat
     return Parts(bundle, manifest, backbone, tok, draft_model, policy)
 
 
-WARM_WIDTHS = range(1, DraftControlConfig.max_k + 2)    # windows of K drafts + 1 for K up to auto's largest
-
-
-def _warm(backbone, draft, progress: Optional[Progress]) -> None:  # type: ignore[no-untyped-def]
-    """Attention on a device: every window width a decoding run uses, run once at load
-    (`FusedBackbone.warm`)."""
-    pieces = [p for p in (backbone, draft) if isinstance(p, (FusedBackbone, FusedDraft))]
+def _warm(pieces: list, progress: Optional[Progress]) -> None:
+    """What runs on a device (the attention of the layer graphs and the draft, the fast
+    tier's lane): every window width a decoding run uses, run once at load
+    (`FusedBackbone.warm`, `FusedDraft.warm`, `TieredExperts.warm`; `widths`)."""
+    if not pieces:
+        return
     for i, piece in enumerate(pieces):
         if progress:
             progress("warm up", i, len(pieces))
-        piece.warm(WARM_WIDTHS)
+        piece.warm(widths.DECODE)
     if progress:
         progress("warm up", len(pieces), len(pieces))
 

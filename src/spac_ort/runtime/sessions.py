@@ -153,8 +153,9 @@ def off_host(session) -> bool:  # type: ignore[no-untyped-def]
 def bound_again(call: Callable[[], None], binding, inputs: dict,  # type: ignore[no-untyped-def]
                 kv: Optional[Callable[[], None]] = None) -> Callable[[], None]:
     """``call`` preceded by binding ``inputs`` (name -> OrtValue) again, and by ``kv`` (which
-    binds a KV cache again), for a session that `off_host`."""
-    pairs = list(inputs.items())
+    binds a KV cache again), for a session that `off_host`. Values already on the device
+    (rotary tables, a cache there) are read in place: they are not bound again."""
+    pairs = [(name, value) for name, value in inputs.items() if value.device_name().lower() == "cpu"]
 
     def again() -> None:
         for name, value in pairs:

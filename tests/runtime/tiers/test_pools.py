@@ -36,6 +36,33 @@ def test_a_lane_call_equals_its_experts_weighted_sum():
     assert np.array_equal(none, np.zeros_like(x[:, :1]))
 
 
+def test_a_fixed_k_lane_gives_the_same_output_and_warms_one_session_per_width(monkeypatch):
+    """A device stack runs every lane at k = top-k (one session): the fillers it then
+    computes weigh exactly 0. `warm` calls that session once at each width."""
+    import spac_ort.runtime.tiers.pools as pools
+
+    rng = np.random.default_rng(1)
+    h, i, n, top_k, t = 16, 8, 6, 3, 4
+    stack = ExpertStack(n, h, i)
+    for e in range(n):
+        stack.write(e, *interleaved(*((rng.standard_normal(s) * 0.3).astype(np.float32)
+                                      for s in ((h, i), (h, i), (i, h)))))
+    x = rng.standard_normal((1, t, h)).astype(np.float32)
+    ids = np.array([[0, 1, 2], [3, 4, 5], [1, 3, 5], [0, 2, 4]])
+    weights = rng.random((t, top_k)).astype(np.float32)
+    index = lane_index(np.array([1, 3, 4]), ids)
+    assert not stack.fixed_k                                  # on the CPU k follows the lane
+    varying = stack.run(x, index, weights)
+    assert set(stack._sessions) == {2}
+    stack.fixed_k = True
+    np.testing.assert_allclose(stack.run(x, index, weights), varying, rtol=1e-6, atol=1e-7)
+    calls = []
+    run = pools.run_lane
+    monkeypatch.setattr(pools, "run_lane", lambda session, *a: (calls.append((session, a[1].shape[1])), run(session, *a))[1])
+    stack.warm(range(1, 5), top_k)
+    assert calls == [(stack._sessions[top_k], w) for w in range(1, 5)]
+
+
 def test_lane_index_maps_experts_to_slots():
     ids = np.array([[7, 2], [2, 9]])
     index = lane_index(np.array([2, 9]), ids, np.array([0, 5]))

@@ -172,3 +172,27 @@ def test_quantized_experts_fit_more_slots_and_generate(demo_bundle):
         Generator.from_bundle(demo_bundle, tiers=TierConfig("spac", "25%", "50%", expert_quant="int8"))
     with pytest.raises(Exception, match="unknown expert quantization 'int3'"):
         TierConfig("spac", expert_quant="int3")
+
+
+def test_loading_warms_a_fast_tier_on_a_device_without_touching_its_slots(demo_bundle, monkeypatch):
+    """A fast tier on an accelerator (forced here over the CPU stand-in) has its lane run
+    once at every decoding width at load; no slot is claimed or pinned by it, and the
+    tokens stay those of an unwarmed run."""
+    from spac_ort.runtime import Generator, widths
+    from spac_ort.runtime.config import TierConfig
+    from spac_ort.runtime.tiers.pools import ExpertStack
+    from spac_ort.runtime.tiers.tiered import TieredExperts
+
+    def run():
+        with Generator.from_bundle(demo_bundle, tiers=TierConfig("lru", "10%")) as gen:
+            claims = gen.experts.table.counters.claims
+            return list(gen.generate("def add(a, b):", max_new_tokens=12, stop_at_eos=False)), claims
+
+    plain, claims = run()
+    warmed = []
+    original = ExpertStack.warm
+    monkeypatch.setattr(ExpertStack, "warm", lambda self, ws, k: (warmed.append((list(ws), k)), original(self, ws, k)))
+    monkeypatch.setattr(TieredExperts, "on_device", property(lambda self: self.fast is not None))
+    tokens, claims_warm = run()
+    assert warmed == [(list(widths.DECODE), 4)]              # the demo model routes top-4
+    assert tokens == plain and claims_warm == claims

@@ -80,6 +80,16 @@ class ExpertStack:
         self._sessions: dict[int, ort.InferenceSession] = {} if sessions is None else sessions
         self._options = session_options()
         self._fillers = fillers(n, half=bits == FP16)
+        # On a device one session (k = A): each session pays 25-100 ms on its first call at
+        # each new width (section 8h), and a filler costs a few microseconds there; on the
+        # CPU every filler is an expert computed, so k follows the lane
+        self.fixed_k = self.device != "cpu"
+
+    def warm(self, widths: Sequence[int], top_k: int) -> None:
+        """One call at every width over entries 0..top_k-1, output dropped (see `widths`)."""
+        for t in widths:
+            index = np.tile(np.arange(min(top_k, self.n)), (t, 1))
+            self.run(np.zeros((1, t, self.hidden), np.float32), index, np.full(index.shape, 1.0 / top_k, np.float32))
 
     def write(self, i: int, gate_up: np.ndarray, down: np.ndarray) -> None:
         """Encode one expert's interleaved fp32 weights at the stack's precision into entry ``i``."""
@@ -110,8 +120,9 @@ class ExpertStack:
 
     def run(self, x: np.ndarray, index: np.ndarray, weights: np.ndarray) -> np.ndarray:
         """x [1, T, H]; index [T, A] stack entries (-1: not in this lane); weights [T, A].
-        Returns sum over the lane's entries of weight * expert(x), [1, T, H]."""
-        k = max(1, int((index >= 0).sum(axis=1).max()))
+        Returns sum over the lane's entries of weight * expert(x), [1, T, H]. With
+        ``fixed_k`` the call runs k = A whatever the lane holds."""
+        k = min(index.shape[1], self.n) if self.fixed_k else max(1, int((index >= 0).sum(axis=1).max()))
         return run_lane(self._session(k), dict(zip(self.layout.names, self.values)), x, index, weights,
                         self._fillers)
 

@@ -199,7 +199,7 @@ class TieredExperts:
     def _run_lanes(self, layer: int, x: np.ndarray, ids: np.ndarray, weights: np.ndarray, fast: list[int],
                    slow: list[int], claimed: list[tuple[int, int]]) -> tuple[np.ndarray, dict[str, float]]:
         """The fast lane on the executor, the slow lane inline; unpin when both are done;
-        the layer's output is the sum of the two. Without overlap (the default with a CPU
+        the layer's output is the sum of the two. A fast lane alone runs inline. Without overlap (the default with a CPU
         stand-in, where both lanes share the same cores and a second thread only adds
         contention: expert calls measured 2.7x slower) the fast lane runs inline after the
         slow one."""
@@ -218,7 +218,7 @@ class TieredExperts:
             return out, t1 - t0, time.perf_counter() - t1
 
         try:
-            pending = self.executor.submit(fast_lane) if fast and self.overlap else None
+            pending = self.executor.submit(fast_lane) if fast and slow and self.overlap else None
             t0 = time.perf_counter()
             slow_out = self._slow_lane(layer, x, ids, weights, slow) if slow else None
             slow_s = time.perf_counter() - t0
@@ -259,6 +259,17 @@ class TieredExperts:
 
     def calls(self) -> int:
         return self._calls
+
+    @property
+    def on_device(self) -> bool:
+        """The fast tier's slots live on an accelerator (not a CPU stand-in)."""
+        return self.fast is not None and not self.fast.stand_in
+
+    def warm(self, widths: Sequence[int]) -> None:
+        """Run the fast tier's lane once at every width (`ExpertStack.warm`): no slot, pin
+        or counter changes."""
+        if self.on_device:
+            self.fast.warm(widths, self.manifest.dims.top_k)
 
     # ---- after each target pass (a step observer) ------------------------------------------
     def on_step(self, record: StepRecord) -> None:
