@@ -218,10 +218,11 @@ def test_attention_on_a_device_warms_every_width_and_keeps_the_tokens(demo_bundl
 
 
 def test_a_long_feed_runs_as_warmed_widths_and_powers_of_two():
-    from spac_ort.runtime.widths import DECODE, pieces
+    from spac_ort.runtime.widths import DECODE, feed, pieces
 
     assert pieces(198) == [128, 64, 6] and pieces(11) == [9, 2] and pieces(5) == [5] and pieces(16) == [16]
     assert pieces(31) == [16, 9, 6] and pieces(4096) == [4096]
+    assert feed(198, None) == [198] and feed(198, "cuda") == [128, 64, 6] and feed(9, "cuda") == [9]
     for n in range(1, 700):
         got = pieces(n)
         assert sum(got) == n and got == sorted(got, reverse=True)

@@ -141,13 +141,13 @@ class FusedBackbone(BackboneState):
     def forward(self, ids: Sequence[int], cache: FusedKV, last_only: bool = True) -> np.ndarray:
         """Run T new tokens; returns logits [T, V] (or [1, V] with ``last_only``). With the
         attention on a device, a feed of last logits only runs as `widths.pieces`."""
-        if self._kv_device is not None and last_only and len(ids) > widths.DECODE[-1]:
-            done = 0
-            for n in widths.pieces(len(ids)):
-                logits = self._forward(ids[done:done + n], cache, True)
-                done += n
-            return logits
-        return self._forward(ids, cache, last_only)
+        if not last_only:
+            return self._forward(ids, cache, False)
+        done = 0
+        for n in widths.feed(len(ids), self._kv_device):
+            logits = self._forward(ids[done:done + n], cache, True)
+            done += n
+        return logits
 
     def _forward(self, ids: Sequence[int], cache: FusedKV, last_only: bool) -> np.ndarray:
         t = len(ids)

@@ -57,9 +57,8 @@ class FusedDraft:
     def forward(self, ids: Sequence[int], cache: FusedKV) -> np.ndarray:
         """Feed T tokens after the cache; returns logits of the last one, [V]. With the
         cache on a device, a feed wider than a decoding window runs as `widths.pieces`."""
-        steps = widths.pieces(len(ids)) if self.kv_device is not None and len(ids) > widths.DECODE[-1] else [len(ids)]
         done = 0
-        for t in steps:
+        for t in widths.feed(len(ids), self.kv_device):
             plan = self._feed(ids[done:done + t], cache)
             done += t
         out = plan.logits[0, 0].copy()                                               # [V]

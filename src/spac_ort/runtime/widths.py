@@ -11,6 +11,8 @@ instead of one for every prompt length it meets.
 
 from __future__ import annotations
 
+from typing import Optional
+
 from .draft_control import DraftControlConfig
 
 DECODE = range(1, DraftControlConfig.max_k + 2)     # windows of K drafts + 1, K up to auto's largest
@@ -33,3 +35,9 @@ def pieces(n: int) -> list[int]:
         out.append(step)
         n -= step
     return out
+
+
+def feed(n: int, device: Optional[str]) -> list[int]:
+    """The calls a feed of ``n`` tokens runs as: one on the host or within a window's width,
+    else (``device`` set) `pieces`."""
+    return pieces(n) if device is not None and n > DECODE[-1] else [n]

@@ -199,10 +199,10 @@ class TieredExperts:
     def _run_lanes(self, layer: int, x: np.ndarray, ids: np.ndarray, weights: np.ndarray, fast: list[int],
                    slow: list[int], claimed: list[tuple[int, int]]) -> tuple[np.ndarray, dict[str, float]]:
         """The fast lane on the executor, the slow lane inline; unpin when both are done;
-        the layer's output is the sum of the two. A fast lane alone runs inline. Without overlap (the default with a CPU
-        stand-in, where both lanes share the same cores and a second thread only adds
-        contention: expert calls measured 2.7x slower) the fast lane runs inline after the
-        slow one."""
+        the layer's output is the sum of the two. A fast lane alone runs inline. Without
+        overlap (the default with a CPU stand-in, where both lanes share the same cores and
+        a second thread only adds contention: expert calls measured 2.7x slower) the fast
+        lane runs inline after the slow one."""
         def fast_lane() -> tuple[np.ndarray, float, float]:
             t0 = time.perf_counter()
             if claimed:
