@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from spac_ort.runtime.tiers.pools import ExpertStack, interleaved, lane_index
+from spac_ort.runtime.tiers.quant import FP16
 
 
 def _swiglu(x, w_gate, w_up, w_down):
@@ -36,14 +38,16 @@ def test_a_lane_call_equals_its_experts_weighted_sum():
     assert np.array_equal(none, np.zeros_like(x[:, :1]))
 
 
-def test_a_fixed_k_lane_gives_the_same_output_and_warms_one_session_per_width(monkeypatch):
+@pytest.mark.parametrize("bits", [None, FP16])
+def test_a_fixed_k_lane_gives_the_same_output_and_warms_one_session_per_width(monkeypatch, bits):
     """A device stack runs every lane at k = top-k (one session): the fillers it then
-    computes weigh exactly 0. `warm` calls that session once at each width."""
+    computes weigh exactly 0, in fp32 and fp16 stacks. `warm` calls that session once at
+    each width."""
     import spac_ort.runtime.tiers.pools as pools
 
     rng = np.random.default_rng(1)
     h, i, n, top_k, t = 16, 8, 6, 3, 4
-    stack = ExpertStack(n, h, i)
+    stack = ExpertStack(n, h, i, bits=bits)
     for e in range(n):
         stack.write(e, *interleaved(*((rng.standard_normal(s) * 0.3).astype(np.float32)
                                       for s in ((h, i), (h, i), (i, h)))))
@@ -55,7 +59,7 @@ def test_a_fixed_k_lane_gives_the_same_output_and_warms_one_session_per_width(mo
     varying = stack.run(x, index, weights)
     assert set(stack._sessions) == {2}
     stack.fixed_k = True
-    np.testing.assert_allclose(stack.run(x, index, weights), varying, rtol=1e-6, atol=1e-7)
+    np.testing.assert_array_equal(stack.run(x, index, weights), varying)
     calls = []
     run = pools.run_lane
     monkeypatch.setattr(pools, "run_lane", lambda session, *a: (calls.append((session, a[1].shape[1])), run(session, *a))[1])
