@@ -115,7 +115,8 @@ def export_cmd(model_dir: Optional[Path], out: Path, draft_dir: Optional[Path], 
                                  "class phone for android, Jetson AGX Orin 64GB for jetson).")
 @click.option("--precision", type=click.Choice(("fp16", "fp32")),
               help="jetson only: the precision of the session graphs the runtime opens; fp16 (the default): "
-                   "weights and arithmetic in fp16, inputs and outputs fp32, the greedy head fp32.")
+                   "weights and arithmetic in fp16, inputs and outputs fp32, the greedy head fp32 (used where "
+                   "the head runs on the CPU).")
 @click.option("--force", is_flag=True, help="Replace an existing bundle at -o.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def target_cmd(name: str, bundle: Path, out: Path, draft_tokens: int, hardware: Optional[str],

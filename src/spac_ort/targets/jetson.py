@@ -11,7 +11,8 @@
     README.md             budgets under unified memory, and how to install the above
 
 The greedy head (``final_greedy.onnx``) stays fp32: it screens with 8-bit logits and decides
-with exact fp32 ones. With ``--precision fp32`` every graph stays the bundle's own.
+with exact fp32 ones, where the head runs on the CPU; on CUDA greedy decoding takes the fp16
+full head (`runtime.fused`). With ``--precision fp32`` every graph stays the bundle's own.
 """
 
 from __future__ import annotations

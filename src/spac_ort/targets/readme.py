@@ -103,7 +103,8 @@ beside the system's own use. `--ram-budget` leaves the rest on NVMe, read on dem
 def _precision_note(fp16: bool) -> str:
     if fp16:
         return ("The runtime opens the fp16 graphs under `target/fp16/` (weights and arithmetic in fp16,\n"
-                "inputs and outputs fp32 but the KV cache; the greedy head stays fp32). Their tokens can\n"
+                "inputs and outputs fp32 but the KV cache; the greedy head stays fp32 for runs on the CPU,\n"
+                "while greedy decoding on CUDA takes the fp16 head). Their tokens can\n"
                 "depart from the fp32 bundle's after a while. The fp32 graphs are still here for a comparison.")
     return "The graphs are the bundle's fp32 ONNX graphs (built with `--precision fp32`)."
 
