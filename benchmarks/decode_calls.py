@@ -20,7 +20,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from .common import machine, table
-from .realsize import TAPES, _generator
+from .realsize import TAPES, _generator, first_per_domain
 
 PREFILL_FROM = 17        # a target pass this wide or wider is a prompt's prefill
 
@@ -78,9 +78,7 @@ def main() -> None:
     args = argparse.Namespace(backbone_provider=a.backbone_provider or a.fast_provider, fast_provider=a.fast_provider,
                               threads=a.threads, fast_budget=a.fast_budget, calibrate=a.calibrate, link_gbps=0.0,
                               expert_quant="none", fast_quant=a.fast_quant)
-    seen: dict = {}
-    tapes = [t for t in load_tapes(TAPES) if seen.setdefault(t.domain, []).append(t) or len(seen[t.domain]) == 1]
-    tapes = tapes[: a.tapes]
+    tapes = first_per_domain(load_tapes(TAPES), 1)[: a.tapes]
     gen = _generator(a.bundle, a.policy, args)
     log: list = []
     _instrument(gen, log, {"t": 0, "prefill": True})

@@ -126,14 +126,19 @@ def _policy_run(bundle: Path, policy: str, tapes: list, args: argparse.Namespace
             "per_tape": rows}
 
 
+def first_per_domain(tapes: list, n: int) -> list:
+    """The first ``n`` tapes of each domain, in their order."""
+    seen: dict = {}
+    return [t for t in tapes if seen.setdefault(t.domain, []).append(t) or len(seen[t.domain]) <= n]
+
+
 def run_cmd(args: argparse.Namespace) -> None:
     from spac_ort.manifest import load_manifest
     from spac_ort.runtime.tape import load_tapes
 
     tapes = load_tapes(args.tapes)
-    if args.per_domain:                                    # the first N tapes of each domain
-        seen: dict = {}
-        tapes = [t for t in tapes if seen.setdefault(t.domain, []).append(t) or len(seen[t.domain]) <= args.per_domain]
+    if args.per_domain:
+        tapes = first_per_domain(tapes, args.per_domain)
     tapes = tapes[: args.limit or None]
     m = load_manifest(args.bundle)
     results = {}
