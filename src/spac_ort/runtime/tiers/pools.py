@@ -196,10 +196,12 @@ class SlotPool(ExpertStack):
     def __init__(self, n: int, hidden: int, inter: int, providers: Sequence[str] = (CPU,),
                  copier: Optional[PinnedCopier] = None, bits: Optional[int] = None):
         if providers[0] == CUDA and ExpertLayout(hidden, inter, bits).quantized:
-            # measured on an H200 (onnxruntime-gpu 1.30): the QMoE node falls back to the CPU,
-            # and a lane call took 31-41 ms against 15-24 ms for the same lane in host memory
-            raise ConfigError(f"int{bits} slots cannot run on CUDA: ONNX Runtime's CUDA QMoE kernel takes no fp32 "
-                              "activations; use --fast-quant fp16 (half the bytes of fp32) or fp32")
+            # measured on an H200 (onnxruntime-gpu 1.30): with fp32 activations the QMoE node
+            # falls back to the CPU (31-41 ms a lane call); in fp16 it runs on the GPU (0.3 ms)
+            # but reads its weights in CUTLASS's interleaved layout, not the CPU kernel's: the
+            # outputs were wrong (docs/benchmarks.md section 8i)
+            raise ConfigError(f"int{bits} slots cannot run on CUDA: ONNX Runtime's CUDA QMoE kernel takes fp16 "
+                              "activations and its own weight layout; use --fast-quant fp16 (half the bytes of fp32)")
         if providers[0] == CPU and bits == FP16:
             log.warning("fp16 slots on the CPU provider: its fp16 MoE kernel ran a real-size lane 10x slower than "
                         "fp32 (measured); --fast-quant fp16 is meant for an accelerator")
