@@ -52,6 +52,8 @@ def _generator(bundle: Path, policy: str, args: argparse.Namespace, overlap=None
     from spac_ort.runtime import Generator
     from spac_ort.runtime.config import TierConfig
     from spac_ort.runtime.sessions import fast_providers
+    from spac_ort.runtime.spac.policies import SpacOptions
+    from spac_ort.runtime.spac.utility import UtilityConfig
 
     providers = fast_providers(args.backbone_provider)      # embed, layer graphs, head, draft
     if policy == "none":
@@ -61,6 +63,7 @@ def _generator(bundle: Path, policy: str, args: argparse.Namespace, overlap=None
                                  tiers=TierConfig(policy, budget, None, fast_providers(args.fast_provider),
                                                   profile=_profile(bundle, args), link_bytes_per_s=_link(args),
                                                   overlap=overlap, expert_quant=getattr(args, "expert_quant", None),
+                                  spac=SpacOptions(utility=UtilityConfig.for_mode(getattr(args, "utility", "fixed"))),
                                                   fast_quant=getattr(args, "fast_quant", None)))
 
 
@@ -160,7 +163,7 @@ def run_cmd(args: argparse.Namespace) -> None:
            "hidden": m.dims.hidden_size, "experts": m.dims.num_experts, "expert_intermediate": m.dims.expert_intermediate,
            "fast_provider": args.fast_provider, "backbone_provider": args.backbone_provider, "fast_budget": args.fast_budget, "draft_tokens": args.draft_tokens,
            "threads": args.threads, "tapes": len(tapes), "link_gbps_emulated": args.link_gbps or None,
-           "expert_quant": args.expert_quant, "fast_quant": args.fast_quant,
+           "expert_quant": args.expert_quant, "fast_quant": args.fast_quant, "utility": args.utility,
            "profile": dataclasses.asdict(_PROFILES[args.bundle]) if args.bundle in _PROFILES else None,
            "results": results,
            "spac_vs_sd_static": _ratio(rate.get("spac"), rate.get("sd-static")),
@@ -206,6 +209,8 @@ def main() -> None:
     run.add_argument("--fast-quant", choices=("same", "fp32", "fp16", "int8", "int4"), default="same",
                      help="the fast tier's precision apart (as spac-run's)")
     run.add_argument("--threads", type=int, default=1)
+    run.add_argument("--utility", choices=("fixed", "scaled", "adaptive"), default="fixed",
+                     help="spac's utility estimator mode (spac-run --utility)")
     run.add_argument("--link-gbps", type=float, default=0.0, help="EMULATE a slower host-to-fast-tier link: every "
                      "copy takes at least bytes / rate (e.g. 25 for a PCIe 4.0 x16 class link)")
     run.add_argument("--calibrate", action="store_true", help="measure the balancer's cost model on this machine "

@@ -93,3 +93,17 @@ def test_synthetic_export_refuses_unknown_models(tmp_path):
     with pytest.raises(ConfigError, match="unknown synthetic model"):
         export_synthetic("gpt-5", tmp_path / "x", layers=1)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_synthetic_draft_keeps_the_real_pairs_share_of_layers(tmp_path):
+    """Qwen3-0.6B has 28 layers to Qwen3-30B-A3B's 48: a 2-layer target gets a 1-layer
+    draft by default, an 8-layer one 5, never none; --draft-layers overrides it."""
+    import json
+
+    from spac_ort.export.synthetic import default_draft_layers, write_checkpoints
+
+    assert [default_draft_layers("qwen3-30b-a3b", n) for n in (1, 2, 8, 48)] == [1, 1, 5, 28]
+    _, draft = write_checkpoints("tiny", tmp_path / "a", layers=4)
+    assert json.loads((draft / "config.json").read_text())["num_hidden_layers"] == default_draft_layers("tiny", 4) == 2
+    _, draft = write_checkpoints("tiny", tmp_path / "b", layers=4, draft_layers=3)
+    assert json.loads((draft / "config.json").read_text())["num_hidden_layers"] == 3

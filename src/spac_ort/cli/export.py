@@ -50,8 +50,8 @@ def main() -> None:
                    "with its draft's), for measuring speed at real size; drive it with a replay tape.")
 @click.option("--layers", type=click.IntRange(min=1), default=2, show_default=True,
               help="--synthetic: MoE layers of the target.")
-@click.option("--draft-layers", type=click.IntRange(min=1), help="--synthetic: layers of the draft (default: "
-                                                                 "its model's).")
+@click.option("--draft-layers", type=click.IntRange(min=1), help="--synthetic: layers of the draft (default: in "
+              "proportion to --layers, as in the real pair: 28 of 48 for qwen3-30b-a3b, at least 1).")
 @click.option("--seed", type=int, default=0, show_default=True, help="--synthetic: random seed of the weights.")
 @click.option("-v", "--verbose", count=True)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars or summary.")

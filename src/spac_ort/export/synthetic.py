@@ -111,9 +111,17 @@ def write_checkpoints(name: str, root: Path, layers: int, draft_layers: int | No
     shape = SHAPES[name]
     target, draft = root / "target", root / "draft"
     _write(target, _config(shape["target"], layers, True), seed, True)
-    _write(draft, _config(shape["draft"], draft_layers or shape["draft"]["num_hidden_layers"], False), seed + 1,
-           False)
+    _write(draft, _config(shape["draft"], draft_layers or default_draft_layers(name, layers), False), seed + 1, False)
     return target, draft
+
+
+def default_draft_layers(name: str, layers: int) -> int:
+    """The draft's layers in proportion to the target's, as in the real pair (Qwen3-0.6B's
+    28 to Qwen3-30B-A3B's 48: 1 draft layer for 2 target layers), at least 1: a replay
+    then weighs a draft token against a target pass as the real pair would. A whole draft
+    beside a 2-layer target would cost far more than speculation costs at full depth."""
+    shape = SHAPES[name]
+    return max(1, round(layers * shape["draft"]["num_hidden_layers"] / shape["target"]["num_hidden_layers"]))
 
 
 def export_synthetic(name: str, out: Path, layers: int, draft_layers: int | None = None, seed: int = 0,
