@@ -1,8 +1,11 @@
 """Expert stacks at each precision on an accelerator against the same stacks in host memory
 (lane-call time and largest difference), and greedy tokens with fp16 and int8 slots on the
-accelerator against the plain CPU run of a bundle.
+accelerator against the plain CPU run of a bundle. ``--fixed-k``: instead, fp16 lanes that
+hold fewer experts than a token chose, run at k = top-k on the accelerator (the fillers
+weigh 0) against the host's fp16 lane at the lane's own k.
 
     python -m benchmarks.fast_quant_check --bundle demo-bundle --out fast_quant_cuda_check.json
+    python -m benchmarks.fast_quant_check --fixed-k --bundle demo-bundle --out fixed_k_fill_check.json
 """
 
 from __future__ import annotations
@@ -63,6 +66,31 @@ def lanes(h: int, i: int, n: int, providers: tuple[str, ...]) -> dict:
     return out
 
 
+def fixed_k(h: int, i: int, n: int, providers: tuple[str, ...]) -> dict:
+    """Largest relative difference, per (T, experts kept of 8), of a fixed-k fp16 lane
+    against the host's fp16 lane at its own k (row 0 of every window keeps one expert)."""
+    rng = np.random.default_rng(0)
+    enc = [ExpertLayout(h, i, FP16).encode(*interleaved(*((rng.standard_normal(s) * 0.02).astype(np.float32)
+                                                         for s in ((h, i), (h, i), (i, h))))) for _ in range(8)]
+    host = ExpertStack(n, h, i, bits=FP16)
+    dev = ExpertStack(n, h, i, providers, copier=PinnedCopier.create() if providers[0] != CPU else None, bits=FP16)
+    dev.fixed_k = True                           # already so on a device; forced on a CPU
+    for e in range(n):
+        host.write_raw(e, enc[e % 8])
+        dev.write_raw(e, enc[e % 8])
+    out: dict = {"fixed_k_device": dev.fixed_k, "fixed_k_host": host.fixed_k}
+    for t, keep in ((1, 3), (5, 2), (9, 5), (5, 8)):
+        x = rng.standard_normal((1, t, h)).astype(np.float32)
+        index = np.stack([(np.arange(8) * 5 + r) % n for r in range(t)])
+        index[:, keep:] = -1
+        index[0, 1:] = -1
+        w = rng.random((t, 8)).astype(np.float32)
+        yh, yd = host.run(x, index, w), dev.run(x, index, w)
+        out[f"T{t}_keep{keep}"] = float(np.abs(yd - yh).max() / np.abs(yh).max())
+        print(t, keep, out[f"T{t}_keep{keep}"], flush=True)
+    return out
+
+
 def tokens(bundle: Path, providers: tuple[str, ...]) -> dict:
     from spac_ort.runtime import Generator
     from spac_ort.runtime.config import TierConfig
@@ -94,10 +122,11 @@ def main() -> None:
     ap.add_argument("--inter", type=int, default=768)
     ap.add_argument("--slots", type=int, default=43)
     ap.add_argument("--bundle", type=Path, help="also compare greedy tokens of this bundle (16 per prompt)")
+    ap.add_argument("--fixed-k", action="store_true", help="compare fixed-k fp16 lanes instead of the precisions")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     providers = (CUDA, CPU) if args.provider == "cuda" else (CPU,)
-    result = lanes(args.hidden, args.inter, args.slots, providers)
+    result = (fixed_k if args.fixed_k else lanes)(args.hidden, args.inter, args.slots, providers)
     if args.bundle is not None:
         result.update(tokens(args.bundle, providers))
     args.out.write_text(json.dumps(result, indent=1) + "\n")
