@@ -63,8 +63,9 @@ def _generator(bundle: Path, policy: str, args: argparse.Namespace, overlap=None
                                  tiers=TierConfig(policy, budget, None, fast_providers(args.fast_provider),
                                                   profile=_profile(bundle, args), link_bytes_per_s=_link(args),
                                                   overlap=overlap, expert_quant=getattr(args, "expert_quant", None),
-                                  spac=SpacOptions(utility=UtilityConfig.for_mode(getattr(args, "utility", "fixed"))),
-                                                  fast_quant=getattr(args, "fast_quant", None)))
+                                                  fast_quant=getattr(args, "fast_quant", None),
+                                                  spac=SpacOptions(utility=UtilityConfig.for_mode(
+                                                      getattr(args, "utility", "fixed")))))
 
 
 def _link(args: argparse.Namespace):  # type: ignore[no-untyped-def]
