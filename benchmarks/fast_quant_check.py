@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import time
 from pathlib import Path
 
 import numpy as np
 
+from spac_ort.runtime.calibrate import median_time
 from spac_ort.runtime.sessions import CPU, CUDA
 from spac_ort.runtime.tiers.pinned import PinnedCopier
 from spac_ort.runtime.tiers.pools import ExpertStack, interleaved
@@ -25,15 +25,6 @@ from spac_ort.runtime.tiers.quant import FP16, ExpertLayout
 
 PROMPTS = ("def add(a, b):", "The river", "Il était une fois", "import numpy as np", "Der Hund", "int main(void) {")
 PRECISIONS = (("fp32", None), ("fp16", FP16), ("int8", 8), ("int4", 4))
-
-
-def _median_ms(fn, repeats: int) -> float:  # type: ignore[no-untyped-def]
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e3
 
 
 def lanes(h: int, i: int, n: int, providers: tuple[str, ...]) -> dict:
@@ -58,8 +49,8 @@ def lanes(h: int, i: int, n: int, providers: tuple[str, ...]) -> dict:
             index = np.stack([(np.arange(8) * 5 + r) % n for r in range(t)])
             w = np.full((t, 8), 0.125, np.float32)
             yh, yd = host.run(x, index, w), dev.run(x, index, w)
-            row[f"T{t}"] = {"cuda_ms": _median_ms(lambda: dev.run(x, index, w), 30),      # the device's lane
-                            "cpu_ms": _median_ms(lambda: host.run(x, index, w), 5),
+            row[f"T{t}"] = {"cuda_ms": 1e3 * median_time(lambda: dev.run(x, index, w), 30),     # the device's lane
+                            "cpu_ms": 1e3 * median_time(lambda: host.run(x, index, w), 5),
                             "rel_diff_cuda_vs_cpu": float(np.abs(yd - yh).max() / np.abs(yh).max())}
         out[name] = row
         print(name, json.dumps(row), flush=True)
