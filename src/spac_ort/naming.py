@@ -84,11 +84,6 @@ PAST_VALUE = "past_value"
 PRESENT_KEY = "present_key"        # [1, KV, P+T, D]
 PRESENT_VALUE = "present_value"
 KV_NAMES = (PAST_KEY, PAST_VALUE, PRESENT_KEY, PRESENT_VALUE)
-
-
-def is_kv(name: str) -> bool:
-    """A fused graph's KV cache input or output (``past_key``, or ``past_key.N`` in a fused draft)."""
-    return name.split(".")[0] in KV_NAMES
 HIDDEN_OUT = "hidden_out"
 TOPK_WEIGHTS = "topk_weights"      # [1, T, A] float
 TOPK_IDS = "topk_ids"              # [1, T, A] int64
@@ -141,6 +136,11 @@ VARIANT_KINDS: dict[Graphs, tuple[PieceKind, ...]] = {
 DRAFT_DIR = "draft"
 DRAFT_GRAPH = "draft/model.onnx"
 DRAFT_ATTENTION_MASK = "attention_mask"      # [1, P+T] int64
+
+
+def is_kv(name: str) -> bool:
+    """A fused graph's KV cache input or output (``past_key``, or ``past_key.N`` in a fused draft)."""
+    return name.split(".")[0] in KV_NAMES
 
 
 def fused_draft_cache(layer: int, name: str) -> str:

@@ -25,7 +25,6 @@ from typing import Iterator, Sequence
 import onnx
 
 from .. import naming
-
 from ..runtime.sessions import CPU, ort
 
 # the symbolic token dimension of the bundle's graphs: 'T' (spac-export's own graphs) and
