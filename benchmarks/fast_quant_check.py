@@ -34,6 +34,9 @@ def lanes(h: int, i: int, n: int, providers: tuple[str, ...]) -> dict:
     copier = PinnedCopier.create() if providers[0] != CPU else None
     out: dict = {"pinned": copier is not None}
     for name, bits in PRECISIONS:
+        if bits == 4 and providers[0] != CPU:
+            out[name] = {"error": "no int4 lane on an accelerator (SlotPool refuses it)"}
+            continue
         enc = [ExpertLayout(h, i, bits).encode(*w) for w in base]
         host, dev = ExpertStack(n, h, i, bits=bits), ExpertStack(n, h, i, providers, copier=copier, bits=bits)
         for e in range(n):
@@ -52,8 +55,24 @@ def lanes(h: int, i: int, n: int, providers: tuple[str, ...]) -> dict:
             row[f"T{t}"] = {"cuda_ms": 1e3 * median_time(lambda: dev.run(x, index, w), 30),     # the device's lane
                             "cpu_ms": 1e3 * median_time(lambda: host.run(x, index, w), 5),
                             "rel_diff_cuda_vs_cpu": float(np.abs(yd - yh).max() / np.abs(yh).max())}
+        if dev.gathered:
+            row["first_call_ms_by_entries"] = first_calls(dev, h, n, rng)
         out[name] = row
         print(name, json.dumps(row), flush=True)
+    return out
+
+
+def first_calls(stack: ExpertStack, h: int, n: int, rng: np.random.Generator) -> dict:
+    """A gathered lane's first call at each entry count (a new operator shape), then its median."""
+    out = {}
+    for t, used in ((1, 16), (1, 24), (3, 24), (3, 32), (5, 40)):
+        x = rng.standard_normal((1, t, h)).astype(np.float32)
+        index = np.stack([(np.arange(8) + r * 8) % used for r in range(t)])
+        w = np.full(index.shape, 0.125, np.float32)
+        t0 = time.perf_counter()
+        stack.run(x, index, w)
+        out[f"T{t}_A{used}"] = {"first_ms": (time.perf_counter() - t0) * 1e3,
+                                "median_ms": 1e3 * median_time(lambda: stack.run(x, index, w), 10)}
     return out
 
 

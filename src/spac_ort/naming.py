@@ -95,6 +95,7 @@ TOTAL_LENGTH = "total_sequence_length"   # [] int32: cache length after this cal
 COS_CACHE = "cos_cache"            # [C, D/2] rotary tables, C >= positions used
 SIN_CACHE = "sin_cache"
 ROUTER_LOGITS = "router_logits"    # [1, T, E] the router's logits (com.microsoft.MoE routes from them)
+ENTRIES = "entries"                # [A] int64: the stack entries one lane call gathers (integer slots on CUDA)
 LOGIT_ROWS = "logit_rows"          # [N] int64: the rows of the window that get logits
 CAND_UPPER = "cand_upper"          # [1, N, K] the K best upper bounds of the screened logits
 CAND_IDS = "cand_ids"              # [1, N, K] int64: their token ids

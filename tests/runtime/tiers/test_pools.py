@@ -143,13 +143,47 @@ def test_fp16_lanes_match_the_fp32_operator_over_the_rounded_weights():
         fillers(7169, half=True)
 
 
-def test_integer_slots_on_cuda_are_refused_with_the_fix():
+def test_int4_slots_on_cuda_are_refused_with_the_fix():
     import pytest
 
     from spac_ort.errors import ConfigError
     from spac_ort.runtime.sessions import CPU, CUDA
     from spac_ort.runtime.tiers.pools import SlotPool
 
-    for bits in (8, 4):
-        with pytest.raises(ConfigError, match="use --fast-quant fp16"):
-            SlotPool(4, 16, 8, (CUDA, CPU), bits=bits)
+    with pytest.raises(ConfigError, match="int4 slots cannot run on CUDA.*use --fast-quant int8 or fp16"):
+        SlotPool(4, 16, 8, (CUDA, CPU), bits=4)
+
+
+def test_gather_entries_keeps_the_used_entries_and_pads_to_few_shapes():
+    from spac_ort.runtime.tiers.pools import gather_entries
+
+    index = np.array([[7, -1, 3], [3, 12, -1]])
+    entries, local = gather_entries(index, k=3, bucket=4)
+    assert entries.tolist() == [3, 7, 12, 0]                 # ascending, padded to a multiple of 4
+    assert local.tolist() == [[1, -1, 0], [0, 2, -1]]
+    assert np.array_equal(entries[np.maximum(local, 0)][index >= 0], index[index >= 0])
+    entries, _ = gather_entries(np.array([[5, -1]]), k=8, bucket=4)
+    assert entries.tolist() == [5] + [0] * 7                 # at least k entries: the operator picks k
+
+
+def test_a_gathered_int8_lane_matches_the_qmoe_lane():
+    """int8 slots on CUDA run gathered (the entries a call uses, dequantized to fp16, on the
+    MoE operator); the same graph runs on the CPU provider, so it is checked here against
+    the CPU's QMoE lane over the same bytes: fp16 rounding apart, the same sums."""
+    rng = np.random.default_rng(3)
+    h, i, n, top_k, t = 32, 16, 10, 4, 5
+    qmoe, gathered = ExpertStack(n, h, i, bits=8), ExpertStack(n, h, i, bits=8, gathered=True)
+    assert not qmoe.gathered and gathered.gathered
+    for e in range(n):
+        gate_up, down = interleaved(*((rng.standard_normal(s) * 0.3).astype(np.float32)
+                                      for s in ((h, i), (h, i), (i, h))))
+        qmoe.write(e, gate_up, down)
+        gathered.write_raw(e, qmoe.weights(e))
+    x = rng.standard_normal((1, t, h)).astype(np.float32)
+    ids = np.stack([rng.choice(n, top_k, replace=False) for _ in range(t)])
+    weights = rng.random((t, top_k)).astype(np.float32)
+    for lane in (lane_index(np.arange(n), ids), lane_index(np.array([1, 4, 8]), ids)):
+        want = qmoe.run(x, lane, weights)
+        got = gathered.run(x, lane, weights)
+        np.testing.assert_allclose(got, want, rtol=0, atol=3e-3 * np.abs(want).max())
+        assert np.array_equal(got == 0, want == 0)         # a row with no entry in the lane: zeros

@@ -7,7 +7,8 @@
   softmax gives weight / lane sum, and the output is scaled back by the lane sum. A lane
   costs one call per layer, however many experts it runs.
 - `SlotPool` (fast tier): an `ExpertStack` of N slots on the fast provider's device; a
-  fetch writes an expert into a slot. On a machine without an accelerator it is host
+  fetch writes an expert into a slot. int8 slots on CUDA run gathered: a call gathers the
+  entries it uses, dequantizes them to fp16 and runs the fp16 MoE operator on them. On a machine without an accelerator it is host
   memory run by the CPU provider: it stands in for the fast device, copies are memcpys.
 - `HostStacks` (slow tier, every expert in RAM): one `ExpertStack` per MoE layer in host
   memory, filled from the bundle's files when made.
@@ -25,7 +26,7 @@ from typing import Optional, Sequence
 import numpy as np
 from ... import naming
 from ...errors import ConfigError
-from ..graphs import moe_graph, qmoe_graph, swiglu_graph
+from ..graphs import gathered_qmoe_graph, moe_graph, qmoe_graph, swiglu_graph
 from ..sessions import CPU, CUDA, ort, session_options
 from .pinned import PinnedCopier
 from .quant import FP16, ExpertLayout
@@ -38,6 +39,7 @@ from .store import WEIGHTS
 # down (bit patterns 0xE000 + j), as far from any chosen logit.
 _FILLER_BASE = -1e4
 _HALF_FILLER_BITS, _HALF_FILLERS = 0xE000, 0xFBFF - 0xE000 + 1
+_BUCKET = 8              # a gathered call's entry count is a multiple of this: few operator shapes
 log = logging.getLogger(__name__)
 
 
@@ -53,10 +55,13 @@ def interleaved(w_gate: np.ndarray, w_up: np.ndarray, w_down: np.ndarray) -> tup
 class ExpertStack:
     """n experts' weights on one device, run as one MoE call per lane (see the module doc).
     ``bits`` 8 or 4: the entries hold quantized weights (`quant.ExpertLayout`) and a lane
-    runs on ``com.microsoft.QMoE``; ``quant.FP16``: fp16 weights on the MoE operator."""
+    runs on ``com.microsoft.QMoE``; ``quant.FP16``: fp16 weights on the MoE operator.
+    ``gathered`` (int8 only; default: on a device): a call runs `gathered_qmoe_graph` over
+    the entries it uses instead of QMoE over all of them."""
 
     def __init__(self, n: int, hidden: int, inter: int, providers: Sequence[str] = (CPU,),
-                 sessions: Optional[dict] = None, copier: Optional[PinnedCopier] = None, bits: Optional[int] = None):
+                 sessions: Optional[dict] = None, copier: Optional[PinnedCopier] = None, bits: Optional[int] = None,
+                 gathered: Optional[bool] = None):
         self.n, self.hidden, self.inter = n, hidden, inter
         self.providers = list(providers)
         self.device = "cuda" if self.providers[0] == CUDA else "cpu"
@@ -79,17 +84,26 @@ class ExpertStack:
         # stacks of the same shape may share them
         self._sessions: dict[int, ort.InferenceSession] = {} if sessions is None else sessions
         self._options = session_options()
+        self.gathered = self.layout.bits == 8 and (self.device != "cpu" if gathered is None else gathered)
         self._fillers = fillers(n, half=bits == FP16)
+        self._entry_fillers: dict[int, np.ndarray] = {}
         # On a device one session (k = A): each session pays 25-100 ms on its first call at
         # each new width (section 8h), and a filler costs a few microseconds there; on the
         # CPU every filler is an expert computed, so k follows the lane
         self.fixed_k = self.device != "cpu"
 
     def warm(self, widths: Sequence[int], top_k: int) -> None:
-        """One call at every width over entries 0..top_k-1, output dropped (see `widths`)."""
+        """One call at every width over entries 0..top_k-1, output dropped (see `widths`); a
+        gathered stack at every entry count a call of that width can gather too."""
         for t in widths:
-            index = np.tile(np.arange(min(top_k, self.n)), (t, 1))
-            self.run(np.zeros((1, t, self.hidden), np.float32), index, np.full(index.shape, 1.0 / top_k, np.float32))
+            most = min(t * top_k, self.n) if self.gathered else min(top_k, self.n)
+            for used in sorted({min(most, max(top_k, u)) for u in range(_BUCKET, most + _BUCKET, _BUCKET)}):
+                index = np.full((t, top_k), -1, np.int64)
+                index.flat[:used] = np.arange(used)
+                if used <= top_k:
+                    index = np.tile(np.arange(used), (t, 1))
+                self.run(np.zeros((1, t, self.hidden), np.float32), index,
+                         np.full(index.shape, 1.0 / top_k, np.float32))
 
     def write(self, i: int, gate_up: np.ndarray, down: np.ndarray) -> None:
         """Encode one expert's interleaved fp32 weights at the stack's precision into entry ``i``."""
@@ -113,7 +127,8 @@ class ExpertStack:
         s = self._sessions.get(k)
         if s is None:
             lay = self.layout
-            graph = (qmoe_graph(self.hidden, self.inter, self.n, k, lay.bits) if lay.quantized
+            graph = (gathered_qmoe_graph(self.hidden, self.inter, k) if self.gathered
+                     else qmoe_graph(self.hidden, self.inter, self.n, k, lay.bits) if lay.quantized
                      else moe_graph(self.hidden, self.inter, self.n, k, True, half=lay.bits == FP16))
             s = self._sessions[k] = ort.InferenceSession(graph, self._options, providers=self.providers)
         return s
@@ -123,8 +138,14 @@ class ExpertStack:
         Returns sum over the lane's entries of weight * expert(x), [1, T, H]. With
         ``fixed_k`` the call runs k = A whatever the lane holds."""
         k = min(index.shape[1], self.n) if self.fixed_k else max(1, int((index >= 0).sum(axis=1).max()))
-        return run_lane(self._session(k), dict(zip(self.layout.names, self.values)), x, index, weights,
-                        self._fillers)
+        bound = dict(zip(self.layout.names, self.values))
+        if not self.gathered:
+            return run_lane(self._session(k), bound, x, index, weights, self._fillers)
+        entries, local = gather_entries(index, k)
+        filler = self._entry_fillers.get(entries.size)
+        if filler is None:
+            filler = self._entry_fillers[entries.size] = fillers(entries.size, half=True)
+        return run_lane(self._session(k), bound, x, local, weights, filler, {naming.ENTRIES: entries})
 
 
 def fillers(n: int, half: bool = False) -> np.ndarray:
@@ -139,18 +160,35 @@ def fillers(n: int, half: bool = False) -> np.ndarray:
     return bits.view(np.float16).astype(np.float32)[None, None, :]
 
 
+def gather_entries(index: np.ndarray, k: int, bucket: int = _BUCKET) -> tuple[np.ndarray, np.ndarray]:
+    """The entries a gathered call runs: (entries [A] int64, the distinct entries of
+    ``index`` ascending, then entry 0 repeated up to A, a multiple of ``bucket`` and at least
+    ``k``: few distinct shapes; index [T, A'] as positions in ``entries``, -1 kept)."""
+    chosen = index >= 0
+    used = np.unique(index[chosen])
+    size = max(k, -(-used.size // bucket) * bucket)
+    entries = np.zeros(size, np.int64)
+    entries[:used.size] = used
+    local = np.full(index.shape, -1, np.int64)
+    local[chosen] = np.searchsorted(used, index[chosen])
+    return entries, local
+
+
 def run_lane(session, weights_in: dict, x: np.ndarray, index: np.ndarray, weights: np.ndarray,
-             filler: np.ndarray) -> np.ndarray:  # type: ignore[no-untyped-def]
+             filler: np.ndarray, extra: Optional[dict] = None) -> np.ndarray:  # type: ignore[no-untyped-def]
     """One (Q)MoE call over a stack of experts bound as ``weights_in`` (input name ->
     OrtValue): x [1, T, H]; index [T, A] stack entries (-1: not in this lane); weights
-    [T, A]; ``filler`` from `fillers`. The operator's k must be at least the most entries a
-    row chooses. Returns sum over the chosen entries of weight * expert(x), [1, T, H]."""
+    [T, A]; ``filler`` from `fillers`; ``extra``: more host inputs. The operator's k must
+    be at least the most entries a row chooses. Returns sum over the chosen entries of
+    weight * expert(x), [1, T, H]."""
     chosen = index >= 0
     logits = np.repeat(filler, x.shape[1], axis=1)                                  # [1, T, n]
     logits[0, np.nonzero(chosen)[0], index[chosen]] = np.log(np.maximum(weights[chosen], 1e-30))
     b = session.io_binding()
     b.bind_cpu_input(naming.NORMED, np.ascontiguousarray(x, dtype=np.float32))
     b.bind_cpu_input(naming.ROUTER_LOGITS, logits)
+    for name, value in (extra or {}).items():
+        b.bind_cpu_input(name, value)
     for name, value in weights_in.items():
         b.bind_ortvalue_input(name, value)
     b.bind_output(naming.FFN_OUT)
@@ -195,13 +233,12 @@ class SlotPool(ExpertStack):
 
     def __init__(self, n: int, hidden: int, inter: int, providers: Sequence[str] = (CPU,),
                  copier: Optional[PinnedCopier] = None, bits: Optional[int] = None):
-        if providers[0] == CUDA and ExpertLayout(hidden, inter, bits).quantized:
-            # measured on an H200 (onnxruntime-gpu 1.30): with fp32 activations the QMoE node
-            # falls back to the CPU (31-41 ms a lane call); in fp16 it runs on the GPU (0.3 ms)
-            # but reads its weights in CUTLASS's interleaved layout, not the CPU kernel's: the
-            # outputs were wrong (docs/benchmarks.md section 8i)
-            raise ConfigError(f"int{bits} slots cannot run on CUDA: ONNX Runtime's CUDA QMoE kernel takes fp16 "
-                              "activations and its own weight layout; use --fast-quant fp16 (half the bytes of fp32)")
+        if providers[0] == CUDA and bits == 4:
+            # CUDA's QMoE reads CUTLASS's interleaved layout, not the CPU kernel's (its outputs
+            # were wrong, docs/benchmarks.md section 8i); the gathered lane that int8 slots run
+            # on dequantizes 8-bit weights only
+            raise ConfigError("int4 slots cannot run on CUDA: ONNX Runtime's CUDA QMoE reads another weight layout "
+                              "and the gathered lane takes 8-bit weights; use --fast-quant int8 or fp16")
         if providers[0] == CPU and bits == FP16:
             log.warning("fp16 slots on the CPU provider: its fp16 MoE kernel ran a real-size lane 10x slower than "
                         "fp32 (measured); --fast-quant fp16 is meant for an accelerator")
