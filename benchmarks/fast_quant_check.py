@@ -34,9 +34,6 @@ def lanes(h: int, i: int, n: int, providers: tuple[str, ...]) -> dict:
     copier = PinnedCopier.create() if providers[0] != CPU else None
     out: dict = {"pinned": copier is not None}
     for name, bits in PRECISIONS:
-        if bits == 4 and providers[0] != CPU:
-            out[name] = {"error": "no int4 lane on an accelerator (SlotPool refuses it)"}
-            continue
         enc = [ExpertLayout(h, i, bits).encode(*w) for w in base]
         host, dev = ExpertStack(n, h, i, bits=bits), ExpertStack(n, h, i, providers, copier=copier, bits=bits)
         for e in range(n):

@@ -167,60 +167,47 @@ def qmoe_graph(hidden: int, inter: int, num_experts: int, top_k: int, bits: int)
     return model.SerializeToString()
 
 
-def gathered_qmoe_graph(hidden: int, inter: int, top_k: int) -> bytes:
-    """`moe_graph` in fp16 over the entries of an int8 stack that one call uses: the CUDA
-    lane for integer slots (ONNX Runtime's CUDA QMoE reads another weight layout).
+def gathered_qmoe_graph(hidden: int, inter: int, top_k: int, bits: int, blocks: tuple[int, int]) -> bytes:
+    """`moe_graph` in fp16 over the entries of an integer stack that one call uses: the
+    CUDA lane for integer slots (ONNX Runtime's CUDA QMoE reads another weight layout).
 
     Inputs: normed [1, T, H]; router_logits [1, T, A] over the A gathered entries;
     entries [A] int64, the stack entries gathered (A >= ``top_k``); the stack's w_gate_up
-    uint8 [E, 2I, H] with s_gate_up [E, 2I] and w_down uint8 [E, H, I] with s_down [E, H]
-    (tiers/quant.py's 8-bit layout: uint8 = q + 128, one scale per row). Each weight is
-    gathered, dequantized per row to fp16 (one DequantizeLinear over [A * rows, cols]) and
-    run on the fp16 MoE operator: the bytes a call reads are the entries it runs.
+    uint8 [E, 2I, H*bits/8] with s_gate_up fp16 [E, 2I, H / blocks[0]] and w_down uint8
+    [E, H, I*bits/8] with s_down fp16 [E, H, I / blocks[1]] (tiers/quant.py's layout with each
+    row's scale repeated per block: the operator's blocks are powers of two). One
+    ``com.microsoft.GatherBlockQuantized`` per weight gathers and dequantizes the entries
+    to fp16 for the fp16 MoE operator: a call reads the entries it runs.
     """
-    f, h, u8, i64 = TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.UINT8, TensorProto.INT64
+    f, h, i64 = TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.INT64
     vi = helper.make_tensor_value_info
     const = helper.make_tensor
+    pack = 8 // bits
     nodes = [
         helper.make_node("Constant", [], ["rows"], value=const("rows", i64, [2], [-1, hidden])),
         helper.make_node("Constant", [], ["out"], value=const("out", i64, [3], [1, -1, hidden])),
         helper.make_node("Constant", [], ["axis0"], value=const("axis0", i64, [1], [0])),
-        helper.make_node("Constant", [], ["flat"], value=const("flat", i64, [1], [-1])),
-        helper.make_node("Constant", [], ["zero"], value=const("zero", u8, [1], [128])),
         helper.make_node("Reshape", [naming.NORMED, "rows"], ["x"]),                   # [T, H]
         helper.make_node("Cast", ["x"], ["xh"], to=h),
         helper.make_node("Squeeze", [naming.ROUTER_LOGITS, "axis0"], ["logits"]),     # [T, A]
         helper.make_node("Cast", ["logits"], ["logitsh"], to=h),
-    ]
-    for w, s, rows, cols in (("w_gate_up", "s_gate_up", 2 * inter, hidden), ("w_down", "s_down", hidden, inter)):
-        nodes += [
-            helper.make_node("Constant", [], [f"{w}_2d"], value=const(f"{w}_2d", i64, [2], [-1, cols])),
-            helper.make_node("Constant", [], [f"{w}_3d"], value=const(f"{w}_3d", i64, [3], [-1, rows, cols])),
-            helper.make_node("Gather", [w, naming.ENTRIES], [f"{w}_q"], axis=0),          # [A, rows, cols]
-            helper.make_node("Gather", [s, naming.ENTRIES], [f"{s}_a"], axis=0),          # [A, rows]
-            helper.make_node("Reshape", [f"{w}_q", f"{w}_2d"], [f"{w}_rows"]),
-            helper.make_node("Reshape", [f"{s}_a", "flat"], [f"{s}_flat"]),
-            helper.make_node("Cast", [f"{s}_flat"], [f"{s}_h"], to=h),
-            helper.make_node("Shape", [f"{s}_flat"], [f"{s}_n"]),
-            helper.make_node("Expand", ["zero", f"{s}_n"], [f"{s}_zero"]),
-            helper.make_node("DequantizeLinear", [f"{w}_rows", f"{s}_h", f"{s}_zero"], [f"{w}_h"], axis=0),
-            helper.make_node("Reshape", [f"{w}_h", f"{w}_3d"], [f"{w}_a"]),             # [A, rows, cols] fp16
-        ]
-    nodes += [
+        *(helper.make_node("GatherBlockQuantized", [w, naming.ENTRIES, s], [f"{w}_a"], domain="com.microsoft",
+                           gather_axis=0, quantize_axis=2, block_size=block, bits=bits)          # [A, rows, cols] fp16
+          for w, s, block in (("w_gate_up", "s_gate_up", blocks[0]), ("w_down", "s_down", blocks[1]))),
         helper.make_node("MoE", ["xh", "logitsh", "w_gate_up_a", "", "w_down_a"], ["yh"], domain="com.microsoft",
                          k=top_k, activation_type="swiglu", swiglu_fusion=1, normalize_routing_weights=1,
                          activation_alpha=1.0, activation_beta=0.0, swiglu_limit=float("inf")),
         helper.make_node("Cast", ["yh"], ["y"], to=f),
         helper.make_node("Reshape", ["y", "out"], [naming.FFN_OUT]),                   # [1, T, H]
     ]
+    u8 = TensorProto.UINT8
     graph = helper.make_graph(
         nodes, "gathered_qmoe",
         [vi(naming.NORMED, f, [1, "T", hidden]), vi(naming.ROUTER_LOGITS, f, [1, "T", "A"]),
          vi(naming.ENTRIES, i64, ["A"]),
-         vi("w_gate_up", u8, ["E", 2 * inter, hidden]), vi("s_gate_up", f, ["E", 2 * inter]),
-         vi("w_down", u8, ["E", hidden, inter]), vi("s_down", f, ["E", hidden])],
+         vi("w_gate_up", u8, ["E", 2 * inter, hidden // pack]), vi("s_gate_up", h, ["E", 2 * inter, hidden // blocks[0]]),
+         vi("w_down", u8, ["E", hidden, inter // pack]), vi("s_down", h, ["E", hidden, inter // blocks[1]])],
         [vi(naming.FFN_OUT, f, [1, "T", hidden])])
-    # opset 19: DequantizeLinear with fp16 scales writes fp16 (IR version 9, its own)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19), helper.make_opsetid("com.microsoft", 1)],
-                              ir_version=9)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)],
+                              ir_version=8)
     return model.SerializeToString()

@@ -143,15 +143,17 @@ def test_fp16_lanes_match_the_fp32_operator_over_the_rounded_weights():
         fillers(7169, half=True)
 
 
-def test_int4_slots_on_cuda_are_refused_with_the_fix():
-    import pytest
-
+def test_integer_slots_on_cuda_need_sizes_the_gathered_lane_can_block():
     from spac_ort.errors import ConfigError
     from spac_ort.runtime.sessions import CPU, CUDA
     from spac_ort.runtime.tiers.pools import SlotPool
+    from spac_ort.runtime.tiers.quant import ExpertLayout, GatheredLayout
 
-    with pytest.raises(ConfigError, match="int4 slots cannot run on CUDA.*use --fast-quant int8 or fp16"):
-        SlotPool(4, 16, 8, (CUDA, CPU), bits=4)
+    for bits in (8, 4):
+        with pytest.raises(ConfigError, match=f"int{bits} slots on CUDA.*intermediate \\(24\\).*divisible by 16.*fp16"):
+            SlotPool(4, 32, 24, (CUDA, CPU), bits=bits)
+    real = GatheredLayout(ExpertLayout(2048, 768, 4))        # Qwen3-30B-A3B's experts: rows of 2048 and 768
+    assert real.supported and real.blocks == (2048, 256) and real.shapes[3] == ((2048, 3), np.float16)
 
 
 def test_gather_entries_keeps_the_used_entries_and_pads_to_few_shapes():
@@ -166,19 +168,21 @@ def test_gather_entries_keeps_the_used_entries_and_pads_to_few_shapes():
     assert entries.tolist() == [5] + [0] * 7                 # at least k entries: the operator picks k
 
 
-def test_a_gathered_int8_lane_matches_the_qmoe_lane():
-    """int8 slots on CUDA run gathered (the entries a call uses, dequantized to fp16, on the
-    MoE operator); the same graph runs on the CPU provider, so it is checked here against
+@pytest.mark.parametrize("bits", [8, 4])
+def test_a_gathered_integer_lane_matches_the_qmoe_lane(bits):
+    """Integer slots on CUDA run gathered (the entries a call uses, dequantized to fp16, on
+    the MoE operator); the same graph runs on the CPU provider, so it is checked here against
     the CPU's QMoE lane over the same bytes: fp16 rounding apart, the same sums."""
     rng = np.random.default_rng(3)
-    h, i, n, top_k, t = 32, 16, 10, 4, 5
-    qmoe, gathered = ExpertStack(n, h, i, bits=8), ExpertStack(n, h, i, bits=8, gathered=True)
+    h, i, n, top_k, t = 32, 48, 10, 4, 5                   # rows of 32 and of 48 = 3 blocks of 16
+    qmoe, gathered = ExpertStack(n, h, i, bits=bits), ExpertStack(n, h, i, bits=bits, gathered=True)
     assert not qmoe.gathered and gathered.gathered
     for e in range(n):
         gate_up, down = interleaved(*((rng.standard_normal(s) * 0.3).astype(np.float32)
                                       for s in ((h, i), (h, i), (i, h))))
         qmoe.write(e, gate_up, down)
         gathered.write_raw(e, qmoe.weights(e))
+    assert gathered.host[1].shape == (n, 2 * i, 1) and gathered.host[3].shape == (n, h, 3)
     x = rng.standard_normal((1, t, h)).astype(np.float32)
     ids = np.stack([rng.choice(n, top_k, replace=False) for _ in range(t)])
     weights = rng.random((t, top_k)).astype(np.float32)

@@ -7,8 +7,8 @@
   softmax gives weight / lane sum, and the output is scaled back by the lane sum. A lane
   costs one call per layer, however many experts it runs.
 - `SlotPool` (fast tier): an `ExpertStack` of N slots on the fast provider's device; a
-  fetch writes an expert into a slot. int8 slots on CUDA run gathered: a call gathers the
-  entries it uses, dequantizes them to fp16 and runs the fp16 MoE operator on them. On a machine without an accelerator it is host
+  fetch writes an expert into a slot. Integer slots on CUDA run gathered: a call gathers
+  the entries it uses, dequantized to fp16, and runs the fp16 MoE operator on them. On a machine without an accelerator it is host
   memory run by the CPU provider: it stands in for the fast device, copies are memcpys.
 - `HostStacks` (slow tier, every expert in RAM): one `ExpertStack` per MoE layer in host
   memory, filled from the bundle's files when made.
@@ -29,7 +29,7 @@ from ...errors import ConfigError
 from ..graphs import gathered_qmoe_graph, moe_graph, qmoe_graph, swiglu_graph
 from ..sessions import CPU, CUDA, ort, session_options
 from .pinned import PinnedCopier
-from .quant import FP16, ExpertLayout
+from .quant import FP16, ExpertLayout, GatheredLayout
 from .store import WEIGHTS
 
 # Logit of entry j when the lane does not run it: -1e4 - j. Its softmax weight is exactly 0
@@ -56,8 +56,9 @@ class ExpertStack:
     """n experts' weights on one device, run as one MoE call per lane (see the module doc).
     ``bits`` 8 or 4: the entries hold quantized weights (`quant.ExpertLayout`) and a lane
     runs on ``com.microsoft.QMoE``; ``quant.FP16``: fp16 weights on the MoE operator.
-    ``gathered`` (int8 only; default: on a device): a call runs `gathered_qmoe_graph` over
-    the entries it uses instead of QMoE over all of them."""
+    ``gathered`` (integer stacks; default: on a device): a call runs `gathered_qmoe_graph`
+    over the entries it uses instead of QMoE over all of them; entries are stored as
+    `GatheredLayout` says (`write_raw` takes them as `ExpertLayout` gives them)."""
 
     def __init__(self, n: int, hidden: int, inter: int, providers: Sequence[str] = (CPU,),
                  sessions: Optional[dict] = None, copier: Optional[PinnedCopier] = None, bits: Optional[int] = None,
@@ -66,7 +67,9 @@ class ExpertStack:
         self.providers = list(providers)
         self.device = "cuda" if self.providers[0] == CUDA else "cpu"
         self.layout = ExpertLayout(hidden, inter, bits)
-        shapes = [((n, *sh), dt) for sh, dt in self.layout.shapes]
+        self.gathered = self.layout.quantized and (self.device != "cpu" if gathered is None else gathered)
+        self._stored = GatheredLayout(self.layout) if self.gathered else None
+        shapes = [((n, *sh), dt) for sh, dt in (self._stored or self.layout).shapes]
         if self.device == "cpu":                   # OrtValues over host memory: a write is a slice copy
             self.host = tuple(np.zeros(sh, dt) if copier is None else copier.pinned(sh, dt) for sh, dt in shapes)
             self.values = tuple(ort.OrtValue.ortvalue_from_numpy(a) for a in self.host)
@@ -84,7 +87,6 @@ class ExpertStack:
         # stacks of the same shape may share them
         self._sessions: dict[int, ort.InferenceSession] = {} if sessions is None else sessions
         self._options = session_options()
-        self.gathered = self.layout.bits == 8 and (self.device != "cpu" if gathered is None else gathered)
         self._fillers = fillers(n, half=bits == FP16)
         self._entry_fillers: dict[int, np.ndarray] = {}
         # On a device one session (k = A): each session pays 25-100 ms on its first call at
@@ -111,6 +113,8 @@ class ExpertStack:
 
     def write_raw(self, i: int, arrays: Sequence[np.ndarray]) -> None:
         """Copy an entry's arrays, already at the stack's precision (e.g. another stack's), into entry ``i``."""
+        if self._stored is not None:
+            arrays = self._stored.convert(tuple(arrays))
         if self._copy is None:
             for dst, src in zip(self.host, arrays):
                 dst[i] = src
@@ -118,7 +122,7 @@ class ExpertStack:
             self._copy.write(i, arrays)
 
     def weights(self, i: int) -> tuple[np.ndarray, ...]:
-        """Entry ``i`` as host arrays (a copy from the device)."""
+        """Entry ``i`` as host arrays (a copy from the device), as the stack stores it."""
         if self.host is not None:
             return tuple(a[i].copy() for a in self.host)
         return tuple(v.numpy()[i] for v in self.values)
@@ -127,7 +131,7 @@ class ExpertStack:
         s = self._sessions.get(k)
         if s is None:
             lay = self.layout
-            graph = (gathered_qmoe_graph(self.hidden, self.inter, k) if self.gathered
+            graph = (gathered_qmoe_graph(self.hidden, self.inter, k, lay.bits, self._stored.blocks) if self._stored
                      else qmoe_graph(self.hidden, self.inter, self.n, k, lay.bits) if lay.quantized
                      else moe_graph(self.hidden, self.inter, self.n, k, True, half=lay.bits == FP16))
             s = self._sessions[k] = ort.InferenceSession(graph, self._options, providers=self.providers)
@@ -233,12 +237,12 @@ class SlotPool(ExpertStack):
 
     def __init__(self, n: int, hidden: int, inter: int, providers: Sequence[str] = (CPU,),
                  copier: Optional[PinnedCopier] = None, bits: Optional[int] = None):
-        if providers[0] == CUDA and bits == 4:
+        layout = ExpertLayout(hidden, inter, bits)
+        if providers[0] != CPU and layout.quantized and not GatheredLayout(layout).supported:
             # CUDA's QMoE reads CUTLASS's interleaved layout, not the CPU kernel's (its outputs
-            # were wrong, docs/benchmarks.md section 8i); the gathered lane that int8 slots run
-            # on dequantizes 8-bit weights only
-            raise ConfigError("int4 slots cannot run on CUDA: ONNX Runtime's CUDA QMoE reads another weight layout "
-                              "and the gathered lane takes 8-bit weights; use --fast-quant int8 or fp16")
+            # were wrong, docs/benchmarks.md section 8i): integer slots run gathered there
+            raise ConfigError(f"int{bits} slots on {providers[0].replace('ExecutionProvider', '')} need hidden ({hidden}) and expert intermediate "
+                              f"({inter}) sizes divisible by 16 (the gathered lane's blocks); use --fast-quant fp16")
         if providers[0] == CPU and bits == FP16:
             log.warning("fp16 slots on the CPU provider: its fp16 MoE kernel ran a real-size lane 10x slower than "
                         "fp32 (measured); --fast-quant fp16 is meant for an accelerator")

@@ -5,6 +5,7 @@ low nibble first), and the shapes a tier stores for an expert at each precision.
     layout = ExpertLayout(hidden, inter, bits=8)         # bits None: fp32, FP16: fp16 (the MoE operator)
     arrays = layout.encode(gate_up, down)                # what a stack entry holds
     layout.nbytes                                        # bytes per expert at this precision
+    GatheredLayout(layout).convert(arrays)               # the same entry as a gathered stack stores it
 """
 
 from __future__ import annotations
@@ -109,3 +110,41 @@ class ExpertLayout:
             dt = self.shapes[0][1]
             return gate_up.astype(dt, copy=False), down.astype(dt, copy=False)
         return (*quantize(gate_up, self.bits), *quantize(down, self.bits))
+
+
+def pow2_block(cols: int) -> int:
+    """The largest power of two that divides ``cols``."""
+    return cols & -cols
+
+
+@dataclass(frozen=True)
+class GatheredLayout:
+    """How a gathered stack (integer slots on CUDA, `graphs.gathered_qmoe_graph`) stores an
+    entry: the packed weights as they are, each row's scale in fp16 and repeated once per
+    block of the row (``com.microsoft.GatherBlockQuantized`` takes blocks that are powers of
+    two of at least 16 elements)."""
+
+    base: ExpertLayout
+
+    @property
+    def blocks(self) -> tuple[int, int]:
+        """Elements per scale in a gate/up row (hidden) and in a down row (intermediate)."""
+        return pow2_block(self.base.hidden), pow2_block(self.base.inter)
+
+    @property
+    def supported(self) -> bool:
+        return min(self.blocks) >= 16
+
+    @property
+    def shapes(self) -> tuple[tuple[tuple[int, ...], type], ...]:
+        (gate_up, u8), _, (down, _), _ = self.base.shapes
+        h, i = self.base.hidden, self.base.inter
+        return ((gate_up, u8), ((2 * i, h // self.blocks[0]), np.float16), (down, u8),
+                ((h, i // self.blocks[1]), np.float16))
+
+    def convert(self, arrays: tuple[np.ndarray, ...]) -> tuple[np.ndarray, ...]:
+        """An entry in `ExpertLayout`'s arrays (weights, fp32 row scales, ...) as this layout stores it."""
+        gate_up, s_gate_up, down, s_down = arrays
+        per_row = (self.base.hidden // self.blocks[0], self.base.inter // self.blocks[1])
+        return (gate_up, np.repeat(s_gate_up.astype(np.float16)[..., None], per_row[0], axis=-1),
+                down, np.repeat(s_down.astype(np.float16)[..., None], per_row[1], axis=-1))
