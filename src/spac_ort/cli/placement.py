@@ -71,8 +71,8 @@ _OPTIONS = [
     click.option("--fast-quant", type=click.Choice(["same", "fp32", "fp16", "int8", "int4"]), default="same",
                  show_default=True,
                  help="With --policy: the fast tier's precision apart from the CPU lane's (same: --expert-quant's), "
-                      "e.g. --expert-quant int4 --fast-quant fp16 (half the bytes of fp32 per slot; CUDA's MoE "
-                      "kernel takes fp16, its QMoE kernel no fp32 activations)."),
+                      "e.g. --expert-quant int4 --fast-quant fp16 (half the bytes of fp32 per slot). Integer "
+                      "slots on CUDA run gathered: each call dequantizes the experts it runs to fp16."),
     click.option("--provider", type=click.Choice(list(PROVIDERS)), default="cpu", show_default=True,
                  help="Execution provider of the graphs outside the experts (embed, attention, router, head, "
                       "draft), the CPU provider taking what it does not; one this onnxruntime lacks is an error."),
