@@ -156,15 +156,15 @@ def test_integer_slots_on_cuda_need_sizes_the_gathered_lane_can_block():
     assert real.supported and real.blocks == (2048, 256) and real.shapes[3] == ((2048, 3), np.float16)
 
 
-def test_gather_entries_keeps_the_used_entries_and_pads_to_few_shapes():
+def test_gather_entries_keeps_the_used_entries_and_pads_only_to_k():
     from spac_ort.runtime.tiers.pools import gather_entries
 
     index = np.array([[7, -1, 3], [3, 12, -1]])
-    entries, local = gather_entries(index, k=3, bucket=4)
-    assert entries.tolist() == [3, 7, 12, 0]                 # ascending, padded to a multiple of 4
+    entries, local = gather_entries(index, k=2)
+    assert entries.tolist() == [3, 7, 12]                    # ascending, each once
     assert local.tolist() == [[1, -1, 0], [0, 2, -1]]
     assert np.array_equal(entries[np.maximum(local, 0)][index >= 0], index[index >= 0])
-    entries, _ = gather_entries(np.array([[5, -1]]), k=8, bucket=4)
+    entries, _ = gather_entries(np.array([[5, -1]]), k=8)
     assert entries.tolist() == [5] + [0] * 7                 # at least k entries: the operator picks k
 
 
@@ -191,3 +191,21 @@ def test_a_gathered_integer_lane_matches_the_qmoe_lane(bits):
         got = gathered.run(x, lane, weights)
         np.testing.assert_allclose(got, want, rtol=0, atol=3e-3 * np.abs(want).max())
         assert np.array_equal(got == 0, want == 0)         # a row with no entry in the lane: zeros
+
+
+def test_a_gathered_stack_warms_every_entry_count_a_width_can_gather():
+    """A device session pays on its first call at a new operator shape; a gathered call's
+    shape is its width and its entry count, so the warm-up runs each, largest first."""
+    from spac_ort.runtime.tiers.pools import gather_entries
+
+    stack = ExpertStack(20, 32, 16, bits=8, gathered=True)
+    shapes = []
+    run = stack.run
+    stack.run = lambda x, index, w: (shapes.append((x.shape[1], gather_entries(index, 8)[0].size)), run(x, index, w))[1]
+    stack.warm(range(1, 4), 8)
+    assert shapes == [(1, 8)] + [(2, a) for a in range(16, 7, -1)] + [(3, a) for a in range(20, 7, -1)]
+    plain = ExpertStack(20, 32, 16, bits=8)                  # QMoE over every entry: one call per width
+    calls = []
+    plain.run = lambda x, index, w: calls.append(index.shape)
+    plain.warm(range(1, 4), 8)
+    assert calls == [(1, 8), (2, 8), (3, 8)]

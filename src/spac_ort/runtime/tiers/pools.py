@@ -39,7 +39,6 @@ from .store import WEIGHTS
 # down (bit patterns 0xE000 + j), as far from any chosen logit.
 _FILLER_BASE = -1e4
 _HALF_FILLER_BITS, _HALF_FILLERS = 0xE000, 0xFBFF - 0xE000 + 1
-_BUCKET = 8              # a gathered call's entry count is a multiple of this: few operator shapes
 log = logging.getLogger(__name__)
 
 
@@ -96,14 +95,16 @@ class ExpertStack:
 
     def warm(self, widths: Sequence[int], top_k: int) -> None:
         """One call at every width over entries 0..top_k-1, output dropped (see `widths`); a
-        gathered stack at every entry count a call of that width can gather too."""
+        gathered stack at every entry count a call of that width can gather, largest first
+        (a new count's first call took up to 15 ms on an H200, docs/benchmarks.md section 8j)."""
         for t in widths:
             most = min(t * top_k, self.n) if self.gathered else min(top_k, self.n)
-            for used in sorted({min(most, max(top_k, u)) for u in range(_BUCKET, most + _BUCKET, _BUCKET)}):
-                index = np.full((t, top_k), -1, np.int64)
-                index.flat[:used] = np.arange(used)
-                if used <= top_k:
+            for used in range(most, min(top_k, most) - 1, -1):
+                if used <= top_k:                          # every token runs the same entries
                     index = np.tile(np.arange(used), (t, 1))
+                else:                                      # entries 0..used-1 spread over the tokens
+                    index = np.full((t, top_k), -1, np.int64)
+                    index.flat[:used] = np.arange(used)
                 self.run(np.zeros((1, t, self.hidden), np.float32), index,
                          np.full(index.shape, 1.0 / top_k, np.float32))
 
@@ -164,13 +165,14 @@ def fillers(n: int, half: bool = False) -> np.ndarray:
     return bits.view(np.float16).astype(np.float32)[None, None, :]
 
 
-def gather_entries(index: np.ndarray, k: int, bucket: int = _BUCKET) -> tuple[np.ndarray, np.ndarray]:
+def gather_entries(index: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """The entries a gathered call runs: (entries [A] int64, the distinct entries of
-    ``index`` ascending, then entry 0 repeated up to A, a multiple of ``bucket`` and at least
-    ``k``: few distinct shapes; index [T, A'] as positions in ``entries``, -1 kept)."""
+    ``index`` ascending, then entry 0 repeated up to ``k`` if fewer (the operator picks k);
+    index [T, A'] as positions in ``entries``, -1 kept). Not padded further: on an H200 a
+    call over 19 entries took 0.85x one padded to 24 (docs/benchmarks.md section 8j)."""
     chosen = index >= 0
     used = np.unique(index[chosen])
-    size = max(k, -(-used.size // bucket) * bucket)
+    size = max(k, used.size)
     entries = np.zeros(size, np.int64)
     entries[:used.size] = used
     local = np.full(index.shape, -1, np.int64)
