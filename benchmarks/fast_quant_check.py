@@ -1,6 +1,7 @@
 """Expert stacks at each precision on an accelerator against the same stacks in host memory
-(lane-call time and largest difference), and greedy tokens with fp16 and int8 slots on the
-accelerator against the plain CPU run of a bundle. ``--fixed-k``: instead, fp16 lanes that
+(lane-call time and largest difference), and greedy tokens with fp16, int8 and int4 slots
+on the accelerator against the plain CPU run of a bundle (integer slots also against the
+same slots on the CPU provider, its QMoE lane). ``--fixed-k``: instead, fp16 lanes that
 hold fewer experts than a token chose, run at k = top-k on the accelerator (the fillers
 weigh 0) against the host's fp16 lane at the lane's own k.
 
@@ -106,19 +107,24 @@ def tokens(bundle: Path, providers: tuple[str, ...]) -> dict:
         with Generator.from_bundle(bundle, tiers=tiers) as gen:
             return [list(gen.generate(p, max_new_tokens=16, stop_at_eos=False)) for p in PROMPTS], gen.report.tiers
 
+    def equal(got: list, ref: list) -> dict:
+        return {"prompts_equal": sum(a == b for a, b in zip(got, ref)), "of": len(ref),
+                "tokens_equal": sum(sum(x == y for x, y in zip(a, b)) for a, b in zip(got, ref))}
+
     ref, _ = run()
     out = {}
-    for quant in ("fp16", "int8"):
+    for quant in ("fp16", "int8", "int4"):
         for policy, budget in (("resident", None), ("lru", "10%")):
             try:
                 got, t = run(TierConfig(policy, budget, fast_providers=providers, fast_quant=quant))
-            except Exception as exc:        # e.g. integer slots refused on CUDA: recorded, not fatal
+            except Exception as exc:        # e.g. slots refused on this provider: recorded, not fatal
                 out[f"demo_{policy}_{quant}"] = {"error": str(exc)}
                 continue
-            out[f"demo_{policy}_{quant}"] = {"prompts_equal": sum(a == b for a, b in zip(got, ref)), "of": len(ref),
-                                        "tokens_equal": sum(sum(x == y for x, y in zip(a, b)) for a, b in zip(got, ref)),
-                                        "fast_experts": t["fast_experts"], "fast_tier": t["fast_tier"]}
-            print(policy, quant, out[f"demo_{policy}_{quant}"], flush=True)
+            row = {**equal(got, ref), "fast_experts": t["fast_experts"], "fast_tier": t["fast_tier"]}
+            if quant != "fp16":             # the same integers on the CPU provider's QMoE lane
+                row["against_cpu_slots"] = equal(got, run(TierConfig(policy, budget, fast_quant=quant))[0])
+            out[f"demo_{policy}_{quant}"] = row
+            print(policy, quant, row, flush=True)
     return out
 
 
