@@ -179,7 +179,7 @@ def gathered_qmoe_graph(hidden: int, inter: int, top_k: int, bits: int, blocks: 
     ``com.microsoft.GatherBlockQuantized`` per weight gathers and dequantizes the entries
     to fp16 for the fp16 MoE operator: a call reads the entries it runs.
     """
-    f, h, i64 = TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.INT64
+    f, h, u8, i64 = TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.UINT8, TensorProto.INT64
     vi = helper.make_tensor_value_info
     const = helper.make_tensor
     pack = 8 // bits
@@ -200,7 +200,6 @@ def gathered_qmoe_graph(hidden: int, inter: int, top_k: int, bits: int, blocks: 
         helper.make_node("Cast", ["yh"], ["y"], to=f),
         helper.make_node("Reshape", ["y", "out"], [naming.FFN_OUT]),                   # [1, T, H]
     ]
-    u8 = TensorProto.UINT8
     graph = helper.make_graph(
         nodes, "gathered_qmoe",
         [vi(naming.NORMED, f, [1, "T", hidden]), vi(naming.ROUTER_LOGITS, f, [1, "T", "A"]),

@@ -122,7 +122,8 @@ class GatheredLayout:
     """How a gathered stack (integer slots on CUDA, `graphs.gathered_qmoe_graph`) stores an
     entry: the packed weights as they are, each row's scale in fp16 and repeated once per
     block of the row (``com.microsoft.GatherBlockQuantized`` takes blocks that are powers of
-    two of at least 16 elements)."""
+    two of at least 16 elements). A row whose largest weight is under 127 * 2**-14 (about
+    0.0078) gets a subnormal fp16 scale, with fewer significant bits."""
 
     base: ExpertLayout
 
