@@ -152,20 +152,28 @@ def test_integer_slots_on_cuda_need_sizes_the_gathered_lane_can_block():
     for bits in (8, 4):
         with pytest.raises(ConfigError, match=f"int{bits} slots on CUDA.*intermediate \\(24\\).*divisible by 16.*fp16"):
             SlotPool(4, 32, 24, (CUDA, CPU), bits=bits)
+    for bits in (8, 4):                                      # a call's fp16 copies: at most the slots' bytes
+        pool, fp16 = SlotPool(10, 32, 48, bits=bits), ExpertLayout(32, 48, 16).nbytes
+        assert pool.max_entries * fp16 <= 10 * pool.layout.nbytes < (pool.max_entries + 1) * fp16
     real = GatheredLayout(ExpertLayout(2048, 768, 4))        # Qwen3-30B-A3B's experts: rows of 2048 and 768
     assert real.supported and real.blocks == (2048, 256) and real.shapes[3] == ((2048, 3), np.float16)
 
 
-def test_gather_entries_keeps_the_used_entries_and_pads_only_to_k():
-    from spac_ort.runtime.tiers.pools import gather_entries
+def test_gather_calls_keep_the_used_entries_pad_only_to_k_and_split_at_the_cap():
+    from spac_ort.runtime.tiers.pools import gather_calls
 
     index = np.array([[7, -1, 3], [3, 12, -1]])
-    entries, local = gather_entries(index, k=2)
+    [(entries, local)] = gather_calls(index, k=2)
     assert entries.tolist() == [3, 7, 12]                    # ascending, each once
     assert local.tolist() == [[1, -1, 0], [0, 2, -1]]
     assert np.array_equal(entries[np.maximum(local, 0)][index >= 0], index[index >= 0])
-    entries, _ = gather_entries(np.array([[5, -1]]), k=8)
+    [(entries, _)] = gather_calls(np.array([[5, -1]]), k=8)
     assert entries.tolist() == [5] + [0] * 7                 # at least k entries: the operator picks k
+    (first, local1), (second, local2) = gather_calls(index, k=2, cap=2)
+    assert first.tolist() == [3, 7] and local1.tolist() == [[1, -1, 0], [0, -1, -1]]
+    assert second.tolist() == [12, 0] and local2.tolist() == [[-1, -1, -1], [-1, 0, -1]]
+    [(entries, local)] = gather_calls(np.full((1, 3), -1), k=3)   # nothing chosen: one call, no pair in it
+    assert entries.tolist() == [0, 0, 0] and (local == -1).all()
 
 
 @pytest.mark.parametrize("bits", [8, 4])
@@ -186,24 +194,34 @@ def test_a_gathered_integer_lane_matches_the_qmoe_lane(bits):
     x = rng.standard_normal((1, t, h)).astype(np.float32)
     ids = np.stack([rng.choice(n, top_k, replace=False) for _ in range(t)])
     weights = rng.random((t, top_k)).astype(np.float32)
+    capped = ExpertStack(n, h, i, bits=bits, gathered=True, max_entries=3)   # several operator calls, summed
+    for e in range(n):
+        capped.write_raw(e, qmoe.weights(e))
     for lane in (lane_index(np.arange(n), ids), lane_index(np.array([1, 4, 8]), ids)):
         want = qmoe.run(x, lane, weights)
         got = gathered.run(x, lane, weights)
         np.testing.assert_allclose(got, want, rtol=0, atol=3e-3 * np.abs(want).max())
+        np.testing.assert_allclose(capped.run(x, lane, weights), want, rtol=0, atol=3e-3 * np.abs(want).max())
         assert np.array_equal(got == 0, want == 0)         # a row with no entry in the lane: zeros
 
 
 def test_a_gathered_stack_warms_every_entry_count_a_width_can_gather():
     """A device session pays on its first call at a new operator shape; a gathered call's
     shape is its width and its entry count, so the warm-up runs each, largest first."""
-    from spac_ort.runtime.tiers.pools import gather_entries
+    from spac_ort.runtime.tiers.pools import gather_calls
 
     stack = ExpertStack(20, 32, 16, bits=8, gathered=True)
     shapes = []
     run = stack.run
-    stack.run = lambda x, index, w: (shapes.append((x.shape[1], gather_entries(index, 8)[0].size)), run(x, index, w))[1]
+    stack.run = lambda x, index, w: (shapes.append((x.shape[1], gather_calls(index, 8)[0][0].size)), run(x, index, w))[1]
     stack.warm(range(1, 4), 8)
     assert shapes == [(1, 8)] + [(2, a) for a in range(16, 7, -1)] + [(3, a) for a in range(20, 7, -1)]
+    capped = ExpertStack(20, 32, 16, bits=8, gathered=True, max_entries=12)
+    shapes.clear()
+    run = capped.run
+    capped.run = lambda x, index, w: (shapes.append((x.shape[1], gather_calls(index, 8)[0][0].size)), run(x, index, w))[1]
+    capped.warm([3], 8)
+    assert shapes == [(3, a) for a in range(12, 7, -1)]         # no call gathers more than its cap
     plain = ExpertStack(20, 32, 16, bits=8)                  # QMoE over every entry: one call per width
     calls = []
     plain.run = lambda x, index, w: calls.append(index.shape)

@@ -57,12 +57,15 @@ class ExpertStack:
     runs on ``com.microsoft.QMoE``; ``quant.FP16``: fp16 weights on the MoE operator.
     ``gathered`` (integer stacks; default: on a device): a call runs `gathered_qmoe_graph`
     over the entries it uses instead of QMoE over all of them; entries are stored as
-    `GatheredLayout` says (`write_raw` takes them as `ExpertLayout` gives them)."""
+    `GatheredLayout` says (`write_raw` takes them as `ExpertLayout` gives them). A gathered
+    call's fp16 copies live beside the stack: ``max_entries`` caps the entries one operator
+    call gathers (more run as several calls, summed)."""
 
     def __init__(self, n: int, hidden: int, inter: int, providers: Sequence[str] = (CPU,),
                  sessions: Optional[dict] = None, copier: Optional[PinnedCopier] = None, bits: Optional[int] = None,
-                 gathered: Optional[bool] = None):
+                 gathered: Optional[bool] = None, max_entries: Optional[int] = None):
         self.n, self.hidden, self.inter = n, hidden, inter
+        self.max_entries = max_entries
         self.providers = list(providers)
         self.device = "cuda" if self.providers[0] == CUDA else "cpu"
         self.layout = ExpertLayout(hidden, inter, bits)
@@ -98,7 +101,8 @@ class ExpertStack:
         gathered stack at every entry count a call of that width can gather, largest first
         (a new count's first call took up to 15 ms on an H200, docs/benchmarks.md section 8j)."""
         for t in widths:
-            most = min(t * top_k, self.n) if self.gathered else min(top_k, self.n)
+            cap = self.n if self.max_entries is None else max(top_k, self.max_entries)
+            most = min(t * top_k, self.n, cap) if self.gathered else min(top_k, self.n)
             for used in range(most, min(top_k, most) - 1, -1):
                 if used <= top_k:                          # every token runs the same entries
                     index = np.tile(np.arange(used), (t, 1))
@@ -146,11 +150,14 @@ class ExpertStack:
         bound = dict(zip(self.layout.names, self.values))
         if not self.gathered:
             return run_lane(self._session(k), bound, x, index, weights, self._fillers)
-        entries, local = gather_entries(index, k)
-        filler = self._entry_fillers.get(entries.size)
-        if filler is None:
-            filler = self._entry_fillers[entries.size] = fillers(entries.size, half=True)
-        return run_lane(self._session(k), bound, x, local, weights, filler, {naming.ENTRIES: entries})
+        out = None
+        for entries, local in gather_calls(index, k, self.max_entries):
+            filler = self._entry_fillers.get(entries.size)
+            if filler is None:
+                filler = self._entry_fillers[entries.size] = fillers(entries.size, half=True)
+            y = run_lane(self._session(k), bound, x, local, weights, filler, {naming.ENTRIES: entries})
+            out = y if out is None else out + y
+        return out
 
 
 def fillers(n: int, half: bool = False) -> np.ndarray:
@@ -165,19 +172,27 @@ def fillers(n: int, half: bool = False) -> np.ndarray:
     return bits.view(np.float16).astype(np.float32)[None, None, :]
 
 
-def gather_entries(index: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The entries a gathered call runs: (entries [A] int64, the distinct entries of
-    ``index`` ascending, then entry 0 repeated up to ``k`` if fewer (the operator picks k);
-    index [T, A'] as positions in ``entries``, -1 kept). Not padded further: on an H200 a
-    call over 19 entries took 0.85x one padded to 24 (docs/benchmarks.md section 8j)."""
+def gather_calls(index: np.ndarray, k: int, cap: Optional[int] = None) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The operator calls a gathered lane makes: (entries [A] int64, index [T, A'] as
+    positions in ``entries``, -1 where the pair is not in this call) per call. The distinct
+    entries of ``index``, ascending, at most max(``cap``, ``k``) per call; entry 0 repeated
+    up to ``k`` where fewer (the operator picks k). Not padded further: on an H200 a call
+    over 19 entries took 0.85x one padded to 24 (docs/benchmarks.md section 8j)."""
     chosen = index >= 0
     used = np.unique(index[chosen])
-    size = max(k, used.size)
-    entries = np.zeros(size, np.int64)
-    entries[:used.size] = used
-    local = np.full(index.shape, -1, np.int64)
-    local[chosen] = np.searchsorted(used, index[chosen])
-    return entries, local
+    step = max(k, used.size if cap is None else cap, 1)
+    calls = []
+    for start in range(0, max(used.size, 1), step):
+        part = used[start:start + step]
+        entries = np.zeros(max(k, part.size), np.int64)
+        entries[:part.size] = part
+        local = np.full(index.shape, -1, np.int64)
+        if part.size:
+            pos = np.searchsorted(part, index)
+            inside = chosen & (part[np.minimum(pos, part.size - 1)] == index)
+            local[inside] = pos[inside]
+        calls.append((entries, local))
+    return calls
 
 
 def run_lane(session, weights_in: dict, x: np.ndarray, index: np.ndarray, weights: np.ndarray,
@@ -240,15 +255,18 @@ class SlotPool(ExpertStack):
     def __init__(self, n: int, hidden: int, inter: int, providers: Sequence[str] = (CPU,),
                  copier: Optional[PinnedCopier] = None, bits: Optional[int] = None):
         layout = ExpertLayout(hidden, inter, bits)
+        device = providers[0].replace("ExecutionProvider", "")
         if providers[0] != CPU and layout.quantized and not GatheredLayout(layout).supported:
             # CUDA's QMoE reads CUTLASS's interleaved layout, not the CPU kernel's (its outputs
             # were wrong, docs/benchmarks.md section 8i): integer slots run gathered there
-            raise ConfigError(f"int{bits} slots on {providers[0].replace('ExecutionProvider', '')} need hidden ({hidden}) and expert intermediate "
-                              f"({inter}) sizes divisible by 16 (the gathered lane's blocks); use --fast-quant fp16")
+            raise ConfigError(f"int{bits} slots on {device} need hidden ({hidden}) and expert intermediate ({inter}) "
+                              "sizes divisible by 16 (the gathered lane's blocks); use --fast-quant fp16")
         if providers[0] == CPU and bits == FP16:
             log.warning("fp16 slots on the CPU provider: its fp16 MoE kernel ran a real-size lane 10x slower than "
                         "fp32 (measured); --fast-quant fp16 is meant for an accelerator")
-        super().__init__(n, hidden, inter, providers, copier=copier, bits=bits)
+        # a gathered call's fp16 copies take at most the slots' own bytes
+        cap = n * layout.nbytes // ExpertLayout(hidden, inter, FP16).nbytes if layout.quantized else None
+        super().__init__(n, hidden, inter, providers, copier=copier, bits=bits, max_entries=cap)
 
     @property
     def stand_in(self) -> bool:
