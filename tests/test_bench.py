@@ -19,6 +19,9 @@ def test_grid_runs_each_policy_once_per_what_it_varies():
                       "spac 10% K=auto", "spac 30% K=2", "spac 30% K=auto", "resident - K=2", "resident - K=auto"]
     with pytest.raises(ConfigError, match="unknown policy 'fastest'"):
         grid(["fastest"], ["17%"], [4])
+    cells = grid(["cpu", "lru", "spac"], ["10%"], [2], ["fp16", "int4"])   # precision: an axis of slot policies
+    assert [c.label for c in cells] == ["cpu 10% K=-", "lru 10% fp16 K=-", "lru 10% int4 K=-", "spac 10% fp16 K=2",
+                                        "spac 10% int4 K=2"]
 
 
 def _run(cell, domain, tokens_per_s, hit=None):
@@ -39,6 +42,18 @@ def test_speedups_compare_cells_of_the_same_budget_and_k():
     assert both["tokens_per_s"] == pytest.approx(20 / (10 / 200 + 10 / 100))     # tokens over seconds, not a mean
     assert both["hit_rate"] == pytest.approx(0.4)
     assert both["speedup"]["sd-static"] == pytest.approx(both["tokens_per_s"] / 100)
+
+
+def test_speedups_compare_cells_of_the_same_precision():
+    spac8, spac4 = Cell("spac", "17%", 2, "int8"), Cell("spac", "17%", 2, "int4")
+    lru8, lru4, cpu = Cell("lru", "17%", None, "int8"), Cell("lru", "17%", None, "int4"), Cell("cpu", "17%", None)
+    rows = summarise([_run(spac8, "code", 300), _run(spac4, "code", 360), _run(lru8, "code", 200),
+                      _run(lru4, "code", 300), _run(cpu, "code", 100)])
+    row = {(r["policy"], r["fast_quant"], r["domain"]): r for r in rows}
+    assert row[("spac", "int8", ALL)]["speedup"] == pytest.approx({"lru": 1.5, "cpu": 3.0})
+    assert row[("spac", "int4", ALL)]["speedup"] == pytest.approx({"lru": 1.2, "cpu": 3.6})   # cpu: no slots
+    from spac_ort.bench.grid import render
+    assert "slots" in render(rows).splitlines()[0]                    # a precision column where they vary
 
 
 def test_the_command_on_the_demo_bundle(demo_bundle, tmp_path):
@@ -75,8 +90,25 @@ def test_interleaved_cells_rotate_through_each_prompt(demo_bundle, tmp_path):
     assert len(runs) == 3 * 8 and all(r["new_tokens"] == 6 for r in runs)
 
 
+def test_several_slot_precisions_in_one_run(demo_bundle, tmp_path):
+    out = tmp_path / "out"
+    res = CliRunner().invoke(bench_cli.main, [str(demo_bundle), "--policies", "cpu,lru", "--budgets", "25%",
+                                              "--fast-quant", "fp32,int8", "-n", "6", "-o", str(out), "-q",
+                                              "--no-plots", "--per-domain", "1", "--calibrate"])
+    assert res.exit_code == 0, res.output
+    data = json.loads((out / "bench.json").read_text())
+    cells = {(r["policy"], r["fast_quant"]) for r in data["rows"]}
+    assert cells == {("cpu", None), ("lru", "fp32"), ("lru", "int8")}
+    assert set(data["profile"]) == {"fp32", "int8"}                      # calibrated once per precision
+    lru8 = next(r for r in data["rows"] if r["fast_quant"] == "int8" and r["domain"] == ALL)
+    lru32 = next(r for r in data["rows"] if r["fast_quant"] == "fp32" and r["domain"] == ALL)
+    assert lru8["hit_rate"] > lru32["hit_rate"]        # the same bytes hold more int8 experts
+    assert "lru 25% int8 K=-" in res.stdout
+
+
 @pytest.mark.parametrize("args, message", [
     (["-k", "two"], "draft tokens 'two' is neither"),
+    (["--fast-quant", "fp16,int3"], "unknown fast-tier precision 'int3'"),
     (["--prompts", "missing.jsonl"], "cannot read prompts file"),
     (["--policies", "fastest"], "unknown policy 'fastest'"),
 ])

@@ -5,10 +5,13 @@
     rows = summarise(results)              # one row per cell and domain ("all" included)
     print(render(rows))
 
-A cell is (policy, budget, K). Policies that decode plainly (cpu, static, lru) run once
-per budget, whatever K; ``none`` (no tiers) and ``resident`` (every expert fast) run once
-per K, whatever the budget; sd-static and spac skip K=0 (they need a window). Speedups compare cells of the same budget and K (a
-plain-decoding baseline counts for every K, a budget-free one for every budget).
+A cell is (policy, budget, K, slots' precision). Policies that decode plainly (cpu,
+static, lru) run once per budget, whatever K; ``none`` (no tiers) and ``resident`` (every
+expert fast) run once per K, whatever the budget; sd-static and spac skip K=0 (they need
+a window); ``none`` and ``cpu`` (no expert in a slot) run once whatever the precision.
+Speedups compare cells of the same budget, K and precision (a plain-decoding baseline
+counts for every K, a budget-free one for every budget, a slot-free one for every
+precision).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from ..runtime.spac.policies import POLICIES
 K = Union[int, str]
 PLAIN = ("cpu", "static", "lru")            # decode without speculation: K does not apply
 NO_BUDGET = ("none", "resident")            # no fast budget to vary
+NO_SLOTS = ("none", "cpu")                  # no expert in a slot: no slot precision to vary
 BASELINES = ("none", "cpu", "static", "lru", "sd-static", "resident")
 ALL = "all"                                 # the domain of a row over every prompt
 
@@ -33,10 +37,17 @@ class Cell:
     policy: str
     budget: Optional[str]       # None: the policy has no budget (none, resident)
     k: Optional[K]              # None: plain decoding (cpu, static, lru)
+    fast_quant: Optional[str] = None    # the slots' precision where the grid varies it (None: the run's)
 
     @property
     def label(self) -> str:
-        return f"{self.policy} {self.budget or '-'} K={'-' if self.k is None else self.k}"
+        quant = f" {self.fast_quant}" if self.fast_quant else ""
+        return f"{self.policy} {self.budget or '-'}{quant} K={'-' if self.k is None else self.k}"
+
+
+def row_cell(row: dict) -> Cell:
+    """The cell a summary row (`summarise`) reports."""
+    return Cell(row["policy"], row["budget"], row["k"], row.get("fast_quant"))
 
 
 @dataclass(frozen=True)
@@ -63,22 +74,24 @@ class RunResult:
     reproduced: Optional[bool] = None                  # replay: the tape's tokens came out
 
 
-def grid(policies: Sequence[str], budgets: Sequence[str], ks: Sequence[K]) -> list[Cell]:
-    """The cells to run, in a stable order (policy, then budget, then K), without repeats."""
+def grid(policies: Sequence[str], budgets: Sequence[str], ks: Sequence[K],
+         fast_quants: Sequence[Optional[str]] = (None,)) -> list[Cell]:
+    """The cells to run, in a stable order (policy, budget, precision, K), without repeats."""
     unknown = [p for p in policies if p != "none" and p not in POLICIES]
     if unknown:
         raise ConfigError(f"unknown policy '{unknown[0]}'; choose from none, {', '.join(POLICIES)}")
-    if not policies or not budgets or not ks:
-        raise ConfigError("spac-bench needs at least one policy, one budget and one K")
+    if not policies or not budgets or not ks or not fast_quants:
+        raise ConfigError("spac-bench needs at least one policy, one budget, one K and one precision")
     cells: list[Cell] = []
     for p in policies:
         for b in ([None] if p in NO_BUDGET else budgets):
-            for k in ([None] if p in PLAIN else ks):
-                if k == 0 and p in POLICIES and POLICIES[p].speculative is True:
-                    continue                    # its sensor is the verify window: never plain
-                cell = Cell(p, b, k)
-                if cell not in cells:
-                    cells.append(cell)
+            for q in ([None] if p in NO_SLOTS else fast_quants):
+                for k in ([None] if p in PLAIN else ks):
+                    if k == 0 and p in POLICIES and POLICIES[p].speculative is True:
+                        continue                    # its sensor is the verify window: never plain
+                    cell = Cell(p, b, k, q)
+                    if cell not in cells:
+                        cells.append(cell)
     return cells
 
 
@@ -96,7 +109,8 @@ def _row(cell: Cell, domain: str, runs: list[RunResult]) -> dict:
         for layer, s in r.layer_s.items():
             layers[str(layer)] = layers.get(str(layer), 0.0) + s
     reproduced = [r.reproduced for r in runs if r.reproduced is not None]
-    return {"policy": cell.policy, "budget": cell.budget, "k": cell.k, "domain": domain, "prompts": len(runs),
+    return {"policy": cell.policy, "budget": cell.budget, "k": cell.k, "fast_quant": cell.fast_quant,
+            "domain": domain, "prompts": len(runs),
             "tokens_per_s": tokens / seconds if seconds > 0 else 0.0,
             "accepted_per_window": mean("accepted_per_window"), "hit_rate": mean("hit_rate"),
             "fast_share": mean("fast_share"),
@@ -129,12 +143,11 @@ def summarise(results: Sequence[RunResult]) -> list[dict]:
 
 
 def _match(rows: list[dict], policy: str, like: dict) -> Optional[dict]:
-    """The baseline's row comparable with ``like``: same domain, and the same budget and K
-    where the baseline has them."""
+    """The baseline's row comparable with ``like``: same domain, and the same budget, K and
+    precision where the baseline has them."""
     for r in rows:
-        if (r["policy"] == policy and r["domain"] == like["domain"]
-                and (r["budget"] is None or like["budget"] is None or r["budget"] == like["budget"])
-                and (r["k"] is None or like["k"] is None or r["k"] == like["k"])):
+        if r["policy"] == policy and r["domain"] == like["domain"] and all(
+                r.get(f) is None or like.get(f) is None or r[f] == like[f] for f in ("budget", "k", "fast_quant")):
             return r
     return None
 
@@ -153,9 +166,11 @@ def render(rows: Sequence[dict], domain: str = ALL) -> str:
     """A markdown table of the rows of one domain."""
     chosen = [r for r in rows if r["domain"] == domain]
     bases = [b for b in BASELINES if any(b in r["speedup"] for r in chosen)]
-    headers = ["policy", "budget", "K", "tok/s", *[f"x {b}" for b in bases], "accepted/window", "hit rate",
-               "fast share", "MB to fast/token"]
-    body = [[r["policy"], r["budget"] or "-", "-" if r["k"] is None else str(r["k"]), _fmt(r["tokens_per_s"]),
+    quants = any(r.get("fast_quant") for r in chosen)        # a precision column only where the grid varies it
+    headers = ["policy", "budget", *(["slots"] if quants else []), "K", "tok/s", *[f"x {b}" for b in bases],
+               "accepted/window", "hit rate", "fast share", "MB to fast/token"]
+    body = [[r["policy"], r["budget"] or "-", *([r.get("fast_quant") or "-"] if quants else []),
+             "-" if r["k"] is None else str(r["k"]), _fmt(r["tokens_per_s"]),
              *[_fmt(r["speedup"].get(b)) for b in bases], _fmt(r["accepted_per_window"]),
              _fmt(r["hit_rate"], True), _fmt(r["fast_share"], True), _fmt(r["bytes_to_fast_per_token"] / 1e6)]
             for r in chosen]

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .grid import ALL
+from .grid import ALL, row_cell
 
 
 def _pyplot():  # type: ignore[no-untyped-def]
@@ -46,9 +46,9 @@ def by_budget(rows: Sequence[dict], out: Path) -> Optional[Path]:
     if len(budgets) < 2:
         return None
     fig, ax = _axes()
-    for key in sorted({(r["policy"], str(r["k"])) for r in rows}):
-        mine = [r for r in rows if (r["policy"], str(r["k"])) == key]
-        label = f"{key[0]} K={'-' if key[1] == 'None' else key[1]}"
+    for key in sorted({(r["policy"], str(r["k"]), r.get("fast_quant") or "") for r in rows}):
+        mine = [r for r in rows if (r["policy"], str(r["k"]), r.get("fast_quant") or "") == key]
+        label = f"{key[0]}{' ' + key[2] if key[2] else ''} K={'-' if key[1] == 'None' else key[1]}"
         if mine[0]["budget"] is None:               # budget-free: a flat line
             ax.axhline(mine[0]["tokens_per_s"], linestyle="--", linewidth=1, label=label)
             continue
@@ -64,10 +64,11 @@ def by_k(rows: Sequence[dict], out: Path) -> Optional[Path]:
     if len(ks) < 2:
         return None
     fig, ax = _axes()
-    for key in sorted({(r["policy"], r["budget"] or "-") for r in rows}):
-        mine = {str(r["k"]): r["tokens_per_s"] for r in rows if (r["policy"], r["budget"] or "-") == key}
+    for key in sorted({(r["policy"], r["budget"] or "-", r.get("fast_quant") or "") for r in rows}):
+        mine = {str(r["k"]): r["tokens_per_s"] for r in rows
+                if (r["policy"], r["budget"] or "-", r.get("fast_quant") or "") == key}
         xs = [i for i, k in enumerate(ks) if k in mine]
-        ax.plot(xs, [mine[ks[i]] for i in xs], marker="o", label=f"{key[0]} {key[1]}")
+        ax.plot(xs, [mine[ks[i]] for i in xs], marker="o", label=" ".join(part for part in key if part))
     ax.set_xticks(range(len(ks)), ks)
     return _save(fig, ax, out, xlabel="draft tokens K", ylabel="decode tokens/s", title="tokens/s against K")
 
@@ -76,13 +77,13 @@ def by_domain(rows: Sequence[dict], out: Path) -> Optional[Path]:
     domains = sorted({r["domain"] for r in rows if r["domain"] != ALL})
     if not domains:
         return None
-    cells = list(dict.fromkeys((r["policy"], r["budget"], r["k"]) for r in rows))
+    cells = list(dict.fromkeys(row_cell(r) for r in rows))
     fig, ax = _axes(max(7, 1.1 * len(domains) + 2))
     width = 0.8 / len(cells)
     for i, cell in enumerate(cells):
-        rate = {r["domain"]: r["tokens_per_s"] for r in rows if (r["policy"], r["budget"], r["k"]) == cell}
+        rate = {r["domain"]: r["tokens_per_s"] for r in rows if row_cell(r) == cell}
         ax.bar([d + i * width for d in range(len(domains))], [rate.get(d, 0.0) for d in domains], width,
-               label=f"{cell[0]} {cell[1] or '-'} K={'-' if cell[2] is None else cell[2]}")
+               label=cell.label)
     ax.set_xticks([d + 0.4 - width / 2 for d in range(len(domains))], domains, rotation=30, ha="right")
     return _save(fig, ax, out, legend=7, ylabel="decode tokens/s", title="tokens/s per domain")
 

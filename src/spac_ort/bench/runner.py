@@ -1,4 +1,5 @@
-"""Run `spac-bench`'s grid in one process: one generator per policy and budget (its
+"""Run `spac-bench`'s grid in one process: one generator per policy, budget and slot
+precision (its
 placement stays warm across K values and prompts), every prompt once per cell after one
 unmeasured warm-up. With replay tapes (`runtime.tape`) the routing and the draft's
 agreement come from the tape, and each run must reproduce the tape's tokens.
@@ -9,13 +10,14 @@ from __future__ import annotations
 from contextlib import ExitStack
 from itertools import groupby
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, Mapping, Optional, Sequence, Union
 
 from ..profile import DeviceProfile
 from ..runtime.sessions import CPU
 from .grid import Cell, Prompt, RunResult
 
 Progress = Callable[[str, int, int], None]
+Profiles = Union[DeviceProfile, Mapping[Optional[str], DeviceProfile], None]   # one, or one per slot precision
 
 # used when no prompts file is given: one short prompt per kind of text
 DEFAULT_PROMPTS = (
@@ -54,7 +56,7 @@ def _generator(bundle: Path, cell: Cell, fast_provider: Sequence[str], threads: 
     if cell.policy == "none":
         return Generator.from_bundle(bundle, threads=threads, providers=backbone)
     tiers = TierConfig(cell.policy, cell.budget, None, tuple(fast_provider), profile=profile, link_bytes_per_s=link,
-                       expert_quant=quant[0], fast_quant=quant[1])
+                       expert_quant=quant[0], fast_quant=cell.fast_quant or quant[1])
     return Generator.from_bundle(bundle, threads=threads, providers=backbone, tiers=tiers)
 
 
@@ -76,7 +78,7 @@ def _one(gen, cell: Cell, prompt: Prompt, tape) -> RunResult:  # type: ignore[no
 
 def run_grid(bundle: Path, cells: Sequence[Cell], prompts: Sequence[tuple[Prompt, object]], *,
              fast_provider: Sequence[str] = (CPU,), backbone: Sequence[str] = (CPU,), threads: int = 1,
-             profile: Optional[DeviceProfile] = None, link_bytes_per_s: Optional[float] = None,
+             profile: Profiles = None, link_bytes_per_s: Optional[float] = None,
              progress: Optional[Progress] = None, expert_quant: tuple[Optional[str], Optional[str]] = (None, None),
              interleave: bool = False) -> list[RunResult]:
     """Every cell on every prompt ((prompt, tape or None) pairs); results in run order.
@@ -84,13 +86,15 @@ def run_grid(bundle: Path, cells: Sequence[Cell], prompts: Sequence[tuple[Prompt
     One generator per policy and budget, warmed up once. By default they run one after
     another (one in memory at a time). ``interleave``: all of them are held at once, and
     each prompt runs through every cell, in an order that rotates from prompt to prompt,
-    so a slow spell of the machine falls on all cells alike."""
+    so a slow spell of the machine falls on all cells alike. ``profile``: one for every
+    cell, or one per slot precision (`Cell.fast_quant`)."""
     total, done = len(cells) * len(prompts), 0
     results: list[RunResult] = []
-    groups = [list(g) for _, g in groupby(cells, key=lambda c: (c.policy, c.budget))]
+    groups = [list(g) for _, g in groupby(cells, key=_generator_key)]
 
     def make(cell: Cell):  # type: ignore[no-untyped-def]
-        gen = _generator(bundle, cell, fast_provider, threads, profile, backbone, link_bytes_per_s, expert_quant)
+        chosen = profile.get(cell.fast_quant) if isinstance(profile, Mapping) else profile
+        gen = _generator(bundle, cell, fast_provider, threads, chosen, backbone, link_bytes_per_s, expert_quant)
         _one(gen, cell, *prompts[0])                                 # warm-up, not counted
         return gen
 
@@ -109,8 +113,13 @@ def run_grid(bundle: Path, cells: Sequence[Cell], prompts: Sequence[tuple[Prompt
                         for prompt, tape in prompts:
                             step(gen, cell, prompt, tape)
             return results
-        gens = {(g[0].policy, g[0].budget): stack.enter_context(make(g[0])) for g in groups}
+        gens = {_generator_key(g[0]): stack.enter_context(make(g[0])) for g in groups}
         for i, (prompt, tape) in enumerate(prompts):
             for cell in [*cells[i % len(cells):], *cells[: i % len(cells)]]:
-                step(gens[(cell.policy, cell.budget)], cell, prompt, tape)
+                step(gens[_generator_key(cell)], cell, prompt, tape)
     return results
+
+
+def _generator_key(cell: Cell) -> tuple:
+    """Cells that share a generator (its placement stays warm across K and prompts)."""
+    return cell.policy, cell.budget, cell.fast_quant

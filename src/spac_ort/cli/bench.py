@@ -38,6 +38,16 @@ def _items(text: str) -> list[str]:
     return [p.strip() for p in text.split(",") if p.strip()]
 
 
+def _quants(text: str) -> list[str]:
+    """--fast-quant's precisions, each checked (one-line error for an unknown one)."""
+    from ..runtime.tiers.quant import fast_bits
+
+    quants = list(dict.fromkeys(_items(text))) or ["same"]
+    for q in quants:
+        fast_bits(q)
+    return quants
+
+
 @click.command(cls=Command, context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.option("--policies", default=_POLICIES, show_default=True,
@@ -64,8 +74,10 @@ def _items(text: str) -> list[str]:
               help="Intra-op threads of each ONNX Runtime session.")
 @click.option("--expert-quant", type=click.Choice(["none", "int8", "int4"]), default="none", show_default=True,
               help="Experts of the tiered policies held as 8- or 4-bit integers.")
-@click.option("--fast-quant", type=click.Choice(["same", "fp32", "fp16", "int8", "int4"]), default="same",
-              show_default=True, help="The fast tier's expert precision apart from --expert-quant's (as spac-run's).")
+@click.option("--fast-quant", default="same", show_default=True,
+              help="The fast tier's expert precision apart from --expert-quant's (as spac-run's: same, fp32, fp16, "
+                   "int8, int4); comma-separated, several make the precision a grid axis (e.g. fp16,int8,int4 "
+                   "under one budget), each calibrated apart with --calibrate.")
 @click.option("--link-gbps", type=click.FloatRange(min=0, min_open=True),
               help="EMULATE a slower host-to-fast-tier link: every copy takes at least bytes / rate (GB/s), "
                    "and a calibrated profile plans with that rate.")
@@ -104,7 +116,8 @@ def main(bundle: Path, policies: str, budgets: str, ks: str, prompts_path: Optio
         from ..profile import DeviceProfile
         from ..runtime.sessions import fast_providers
 
-        cells = grid(_items(policies), _items(budgets), _ks(ks))
+        quants = _quants(fast_quant)
+        cells = grid(_items(policies), _items(budgets), _ks(ks), quants if len(quants) > 1 else (None,))
         if system_in is not None or system_out is not None:
             return _simulation(bundle, trace_path, system_in, system_out, _items(policies), _items(budgets),
                                prompts_path, (fast_provider, backbone_provider), profile_path, out_dir)
@@ -125,12 +138,13 @@ def main(bundle: Path, policies: str, budgets: str, ks: str, prompts_path: Optio
         link = None if link_gbps is None else link_gbps * 1e9
         if calibrate:
             from ..runtime.calibrate import calibrate_for_run
-            profile = calibrate_for_run(bundle, fast, threads, link, fast_quant=fast_quant)
+            measured = {q: calibrate_for_run(bundle, fast, threads, link, fast_quant=q) for q in quants}
+            profile = measured if len(quants) > 1 else measured[quants[0]]
         bar = Progress(enabled=not quiet)
         try:
             results = run_grid(bundle, cells, prompts, fast_provider=fast, backbone=backbone, threads=threads,
                                profile=profile, link_bytes_per_s=link, progress=bar,
-                               expert_quant=(expert_quant, fast_quant), interleave=interleave)
+                               expert_quant=(expert_quant, quants[0]), interleave=interleave)
         finally:
             bar.close()
         rows = summarise(results)
@@ -138,7 +152,8 @@ def main(bundle: Path, policies: str, budgets: str, ks: str, prompts_path: Optio
         meta = {"bundle": str(bundle), "fast_provider": fast_provider, "backbone_provider": backbone_provider,
                 "threads": threads, "new_tokens": new_tokens, "prompts": len(prompts), "link_gbps_emulated": link_gbps,
                 "expert_quant": expert_quant, "fast_quant": fast_quant, "interleave": interleave,
-                "profile": None if profile is None else vars(profile)}
+                "profile": (None if profile is None else {q: vars(p) for q, p in profile.items()}
+                            if isinstance(profile, dict) else vars(profile))}
         (out_dir / "bench.json").write_text(json.dumps(to_json(rows, results, meta), indent=1) + "\n",
                                             encoding="utf-8")
         click.echo(f"wrote {out_dir / 'bench.json'}", err=True)
@@ -187,19 +202,18 @@ def _rate(v: Optional[float]) -> str:
 
 
 def _report(rows: list, out_dir: Path, no_plots: bool) -> None:
-    from ..bench.grid import ALL, render
+    from ..bench.grid import ALL, render, row_cell
 
     click.echo(render(rows))
     domains = sorted({r["domain"] for r in rows if r["domain"] != ALL})
     if len(domains) > 1:
         click.echo("\ntokens/s per domain:")
-        cells = list(dict.fromkeys((r["policy"], r["budget"], r["k"]) for r in rows))
-        rate = {(r["policy"], r["budget"], r["k"], r["domain"]): r["tokens_per_s"] for r in rows}
+        cells = list(dict.fromkeys(row_cell(r) for r in rows))
+        rate = {(row_cell(r), r["domain"]): r["tokens_per_s"] for r in rows}
         click.echo("| cell | " + " | ".join(domains) + " |")
         click.echo("|---|" + "---|" * len(domains))
         for c in cells:
-            label = f"{c[0]} {c[1] or '-'} K={'-' if c[2] is None else c[2]}"
-            click.echo(f"| {label} | " + " | ".join(_rate(rate.get((*c, d))) for d in domains) + " |")
+            click.echo(f"| {c.label} | " + " | ".join(_rate(rate.get((c, d))) for d in domains) + " |")
     if no_plots:
         return
     try:
