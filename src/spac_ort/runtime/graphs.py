@@ -204,7 +204,8 @@ def gathered_qmoe_graph(hidden: int, inter: int, top_k: int, bits: int, blocks: 
         nodes, "gathered_qmoe",
         [vi(naming.NORMED, f, [1, "T", hidden]), vi(naming.ROUTER_LOGITS, f, [1, "T", "A"]),
          vi(naming.ENTRIES, i64, ["A"]),
-         vi("w_gate_up", u8, ["E", 2 * inter, hidden // pack]), vi("s_gate_up", h, ["E", 2 * inter, hidden // blocks[0]]),
+         vi("w_gate_up", u8, ["E", 2 * inter, hidden // pack]),
+         vi("s_gate_up", h, ["E", 2 * inter, hidden // blocks[0]]),
          vi("w_down", u8, ["E", hidden, inter // pack]), vi("s_down", h, ["E", hidden, inter // blocks[1]])],
         [vi(naming.FFN_OUT, f, [1, "T", hidden])])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)],

@@ -8,8 +8,9 @@
   costs one call per layer, however many experts it runs.
 - `SlotPool` (fast tier): an `ExpertStack` of N slots on the fast provider's device; a
   fetch writes an expert into a slot. Integer slots on CUDA run gathered: a call gathers
-  the entries it uses, dequantized to fp16, and runs the fp16 MoE operator on them. On a machine without an accelerator it is host
-  memory run by the CPU provider: it stands in for the fast device, copies are memcpys.
+  the entries it uses, dequantized to fp16, and runs the fp16 MoE operator on them. On a
+  machine without an accelerator it is host memory run by the CPU provider: it stands in
+  for the fast device, copies are memcpys.
 - `HostStacks` (slow tier, every expert in RAM): one `ExpertStack` per MoE layer in host
   memory, filled from the bundle's files when made.
 - `HostPool` (slow tier under a RAM budget): one expert per call, from the store's LRU.
