@@ -141,3 +141,25 @@ def test_measure_a_system_profile_then_predict_from_a_trace(demo_bundle, tmp_pat
     res = CliRunner().invoke(bench_cli.main, [str(demo_bundle), "--policies", "lru", "--trace", str(trace),
                                               "--simulate", str(system), "-o", str(tmp_path)])
     assert res.exit_code == 2 and "no engine cost for policy 'lru'" in res.output
+
+
+def test_each_cell_takes_the_profile_of_the_precision_it_runs_at(monkeypatch):
+    from contextlib import nullcontext
+
+    from spac_ort.bench import runner
+    from spac_ort.bench.grid import Prompt
+
+    seen = {}
+
+    def generator(bundle, cell, fast_provider, threads, profile, *rest):  # type: ignore[no-untyped-def]
+        seen[cell] = profile
+        return nullcontext()
+
+    monkeypatch.setattr(runner, "_generator", generator)
+    monkeypatch.setattr(runner, "_one", lambda gen, cell, prompt, tape: RunResult(cell, prompt.domain, 2, 1.0, 0.0))
+    cells = grid(["cpu", "lru"], ["10%"], [2], ["fp16", "int4"])
+    profiles = {"fp16": "profile-fp16", "int4": "profile-int4"}
+    runner.run_grid("bundle", cells, [(Prompt("x", None, "d", 2), None)], profile=profiles,
+                    expert_quant=(None, "fp16"))
+    assert {c.label: p for c, p in seen.items()} == {"cpu 10% K=-": "profile-fp16", "lru 10% fp16 K=-": "profile-fp16",
+                                                     "lru 10% int4 K=-": "profile-int4"}

@@ -93,7 +93,8 @@ def run_grid(bundle: Path, cells: Sequence[Cell], prompts: Sequence[tuple[Prompt
     groups = [list(g) for _, g in groupby(cells, key=_generator_key)]
 
     def make(cell: Cell):  # type: ignore[no-untyped-def]
-        chosen = profile.get(cell.fast_quant) if isinstance(profile, Mapping) else profile
+        # a slot-free cell (cpu) runs at the run's own precision, and takes its profile
+        chosen = profile.get(cell.fast_quant or expert_quant[1]) if isinstance(profile, Mapping) else profile
         gen = _generator(bundle, cell, fast_provider, threads, chosen, backbone, link_bytes_per_s, expert_quant)
         _one(gen, cell, *prompts[0])                                 # warm-up, not counted
         return gen
