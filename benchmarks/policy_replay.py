@@ -78,9 +78,10 @@ def run(tapes: list, layers: int, slots: int, k: int, profile, expert_bytes: int
     from spac_ort.runtime.spac.replay import replay
 
     view = TierView(tuple(range(layers)), layers, EXPERTS, TOP_K, slots, expert_bytes, profile, True)
-    warm = len(windows(tapes[0], layers, k))          # the warm-up tape's passes come first, not counted
+    warmup = windows(tapes[0], layers, k)             # the warm-up tape's passes come first, not counted
+    warm = len(warmup)
     records = [dataclasses.replace(r, step=i) for i, r in
-               enumerate(r for t in [tapes[0], *tapes] for r in windows(t, layers, k))]
+               enumerate([*warmup, *(r for t in tapes for r in windows(t, layers, k))])]
     tokens = sum(len(t.tokens) - 1 for t in tapes)    # the last window may run past the tape: not counted
     rows = []
     for name, policy in policies().items():

@@ -101,8 +101,8 @@ class ExpertStack:
         """One call at every width over entries 0..top_k-1, output dropped (see `widths`); a
         gathered stack at every entry count a call of that width can gather, largest first
         (a new count's first call took up to 15 ms on an H200, docs/benchmarks.md section 8j)."""
+        cap = self.n if self.max_entries is None else max(top_k, self.max_entries)
         for t in widths:
-            cap = self.n if self.max_entries is None else max(top_k, self.max_entries)
             most = min(t * top_k, self.n, cap) if self.gathered else min(top_k, self.n)
             for used in range(most, min(top_k, most) - 1, -1):
                 if used <= top_k:                          # every token runs the same entries
